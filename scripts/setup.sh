@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything kd needs on Debian 12 with apt-get. Idempotent: installs only what is missing, quiet otherwise.
+# Run as root, or as a user with sudo.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config
+  libeigen3-dev        # Eigen 3.4: bfloat16 / half types
+  libxsimd-dev         # xsimd 8.1: SIMD kernels
+  catch2               # Catch2 2.13: tests
+  libbenchmark-dev     # Google Benchmark 1.7: bench/
+  clang-14 libclang-rt-14-dev  # clang build, sanitizers and libFuzzer (tests/fuzz)
+  libtorch-dev libopenblas0-pthread   # examples/minillm trainer (libtorch 1.13) and fast matrix products
+  libsentencepiece-dev sentencepiece  # tokenizer for the trainer
+  fortunes fortunes-min               # default corpus for the trainer (/usr/share/games/fortunes)
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "kd setup: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
