@@ -1,3 +1,195 @@
+// kd loss: one fused divergence call on .npy inputs; prints one JSON object and optionally writes the student gradient.
+#include <kd/kd.hpp>
+
 #include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli.hpp"
 #include "commands.hpp"
-namespace kdtool { int cmd_loss(int, char**) { std::fprintf(stderr, "not yet\n"); return 1; } }
+#include "npy.hpp"
+
+namespace kdtool {
+namespace {
+
+const char* kLossHelp =
+    "usage: kd loss --loss {fkl,rkl,jsd,skl,srkl,tvd} --student S.npy --teacher T.npy\n"
+    "               [--student-kind logits|log_probs] [--teacher-kind logits|log_probs]\n"
+    "               [--beta B] [--alpha A] [--temperature T] [--t2-scale]\n"
+    "               [--labels L.npy --ignore-index I] [--reduction none|sum|mean|normalizer] [--normalizer N]\n"
+    "               [--grad G.npy] [--backend default|reference]\n"
+    "Inputs: float16/32/64 arrays of shape [N, V] or [B, T, V] (rows = N or B*T); labels int32/int64 of shape [rows] or [B, T].\n"
+    "fkl = KL(teacher || student), rkl = KL(student || teacher), jsd = generalized JSD(beta) (beta 0 = fkl, 1 = rkl),\n"
+    "skl / srkl = skew (reverse) KL(alpha), tvd = total variation. Prints JSON: loss (nats), per_row, valid_rows, denominator.\n"
+    "--grad writes dloss/d(student input) as float32 .npy of the student's shape. Exit codes: 0 ok, 1 value error in the\n"
+    "data (NaN/inf inputs, infinite divergence), 2 bad arguments or files.\n";
+
+struct loaded {
+  npy_array a;
+  std::int64_t rows = 0, cols = 0;
+};
+
+loaded load_logits(const std::string& path, const char* name) {
+  loaded l;
+  try {
+    l.a = load_npy(path);
+  } catch (const npy_error& e) {
+    throw usage_error(std::string("--") + name + ": " + e.what());
+  }
+  if (!l.a.is_float())
+    throw usage_error(std::string("--") + name + ": " + path + ": dtype " + npy_dtype_name(l.a.dtype) +
+                      " is not float16/float32/float64");
+  if (l.a.shape.size() != 2 && l.a.shape.size() != 3)
+    throw usage_error(std::string("--") + name + ": " + path + ": shape must be [N, V] or [B, T, V]");
+  l.cols = l.a.shape.back();
+  l.rows = l.a.size() / (l.cols ? l.cols : 1);
+  if (l.cols < 1) throw usage_error(std::string("--") + name + ": " + path + ": vocabulary dimension is 0");
+  return l;
+}
+
+template <class T>
+std::vector<T> typed(const npy_array& a) {
+  if constexpr (std::is_same_v<T, double>) return a.to_double();
+  else if constexpr (std::is_same_v<T, float>) return a.to_float();
+  else {
+    std::vector<T> v(static_cast<std::size_t>(a.size()));
+    for (std::int64_t i = 0; i < a.size(); ++i) v[i] = static_cast<T>(static_cast<float>(a.get_double(i)));
+    return v;
+  }
+}
+
+struct run_args {
+  kd::divergence d;
+  kd::distill_options opt;
+  kd::input_kind skind, tkind;
+  bool reference = false;
+  std::string grad_path;
+  std::vector<std::int64_t> grad_shape;
+};
+
+template <class S, class P>
+int run_typed(const loaded& ls, const loaded& lt, const run_args& ra) {
+  std::vector<S> s = typed<S>(ls.a);
+  std::vector<P> t = typed<P>(lt.a);
+  std::vector<float> per_row(static_cast<std::size_t>(ls.rows));
+  std::vector<float> grad(ra.grad_path.empty() ? 0 : s.size());
+  kd::student_input<S> si{kd::const_rows<S>(s.data(), ls.rows, ls.cols), ra.skind};
+  kd::teacher_input<P> ti{kd::const_rows<P>(t.data(), lt.rows, lt.cols), ra.tkind};
+  kd::distill_outputs<float> out;
+  out.per_row = per_row.data();
+  if (!grad.empty()) out.grad_student = kd::mut_rows<float>(grad.data(), ls.rows, ls.cols);
+  kd::loss_result res;
+  kd::status st = ra.reference ? kd::divergence_loss(ra.d, si, ti, ra.opt, res, out, kd::reference_backend{})
+                               : kd::divergence_loss(ra.d, si, ti, ra.opt, res, out);
+  if (st.code == kd::errc::invalid_argument) throw usage_error(st.to_string());
+  if (!st.ok()) {
+    std::fprintf(stderr, "kd loss: %s\n", st.to_string().c_str());
+    return 1;
+  }
+  std::printf("{\"loss_name\": %s, \"param\": %s, \"loss\": %s, \"valid_rows\": %lld, \"denominator\": %s, "
+              "\"rows\": %lld, \"vocab\": %lld, \"temperature\": %s, \"reduction\": %s, \"per_row\": %s}\n",
+              json_string(kd::divergence_name(ra.d.kind)).c_str(), json_number(ra.d.param).c_str(),
+              json_number(res.loss).c_str(), static_cast<long long>(res.valid_rows),
+              json_number(res.denominator).c_str(), static_cast<long long>(ls.rows), static_cast<long long>(ls.cols),
+              json_number(ra.opt.temperature).c_str(), json_string(kd::reduction_name(ra.opt.reduction)).c_str(),
+              json_array(per_row.data(), per_row.size()).c_str());
+  if (!grad.empty()) {
+    try {
+      save_npy(ra.grad_path, grad.data(), ra.grad_shape);
+    } catch (const npy_error& e) {
+      throw usage_error(std::string("--grad: ") + e.what());
+    }
+  }
+  return 0;
+}
+
+template <class S>
+int dispatch_teacher(const loaded& ls, const loaded& lt, const run_args& ra) {
+  switch (lt.a.dtype) {
+    case npy_dtype::f16: return run_typed<S, kd::half>(ls, lt, ra);
+    case npy_dtype::f64: return run_typed<S, double>(ls, lt, ra);
+    default: return run_typed<S, float>(ls, lt, ra);
+  }
+}
+
+int loss_main(int argc, char** argv) {
+  args a(argc, argv,
+         {"loss", "student", "teacher", "student-kind", "teacher-kind", "beta", "alpha", "temperature", "labels",
+          "ignore-index", "reduction", "normalizer", "grad", "backend"},
+         {"t2-scale"});
+  if (a.help()) {
+    std::fputs(kLossHelp, stdout);
+    return 0;
+  }
+  const std::string name = a.choice("loss", {"fkl", "rkl", "jsd", "skl", "srkl", "tvd"}, a.required("loss"));
+  run_args ra;
+  if (name == "fkl") ra.d = kd::divergence::forward_kl();
+  else if (name == "rkl") ra.d = kd::divergence::reverse_kl();
+  else if (name == "jsd") ra.d = kd::divergence::jsd(a.num("beta", 0.5));
+  else if (name == "skl") ra.d = kd::divergence::skew_kl(a.num("alpha", 0.1));
+  else if (name == "srkl") ra.d = kd::divergence::skew_reverse_kl(a.num("alpha", 0.1));
+  else ra.d = kd::divergence::tvd();
+  if (a.has("beta") && name != "jsd") throw usage_error("--beta applies only to --loss jsd");
+  if (a.has("alpha") && name != "skl" && name != "srkl") throw usage_error("--alpha applies only to --loss skl|srkl");
+  ra.skind = a.choice("student-kind", {"logits", "log_probs"}, "logits") == "logits" ? kd::input_kind::logits
+                                                                                      : kd::input_kind::log_probs;
+  ra.tkind = a.choice("teacher-kind", {"logits", "log_probs"}, "logits") == "logits" ? kd::input_kind::logits
+                                                                                      : kd::input_kind::log_probs;
+  ra.opt.temperature = a.num("temperature", 1.0);
+  ra.opt.t2_scale = a.has("t2-scale");
+  const std::string red =
+      a.choice("reduction", {"none", "sum", "mean", "normalizer"}, a.has("normalizer") ? "normalizer" : "mean");
+  ra.opt.reduction = red == "none"  ? kd::reduction::none
+                     : red == "sum" ? kd::reduction::sum
+                     : red == "mean" ? kd::reduction::mean
+                                     : kd::reduction::normalizer;
+  if (a.has("normalizer") && ra.opt.reduction != kd::reduction::normalizer)
+    throw usage_error("--normalizer needs --reduction normalizer (or no --reduction)");
+  ra.opt.normalizer = a.num("normalizer", 0.0);
+  ra.reference = a.choice("backend", {"default", "reference"}, "default") == "reference";
+
+  loaded ls = load_logits(a.required("student"), "student");
+  loaded lt = load_logits(a.required("teacher"), "teacher");
+  if (ls.a.shape != lt.a.shape) throw usage_error("--teacher: shape differs from --student's");
+
+  npy_array labels;
+  std::vector<std::int64_t> label_values;
+  if (a.has("labels")) {
+    try {
+      labels = load_npy(a.str("labels"));
+    } catch (const npy_error& e) {
+      throw usage_error(std::string("--labels: ") + e.what());
+    }
+    if (!labels.is_int()) throw usage_error("--labels: dtype must be int32 or int64");
+    if (labels.size() != ls.rows) throw usage_error("--labels: must have one entry per row (shape [N] or [B, T])");
+    label_values = labels.to_int64();
+    ra.opt.labels = kd::label_view(label_values.data(), static_cast<std::int64_t>(label_values.size()));
+    ra.opt.ignore_index = a.integer("ignore-index", -100);
+  } else if (a.has("ignore-index")) {
+    throw usage_error("--ignore-index needs --labels");
+  }
+  ra.grad_path = a.str("grad");
+  ra.grad_shape = ls.a.shape;
+
+  switch (ls.a.dtype) {
+    case npy_dtype::f16: return dispatch_teacher<kd::half>(ls, lt, ra);
+    case npy_dtype::f64: return dispatch_teacher<double>(ls, lt, ra);
+    default: return dispatch_teacher<float>(ls, lt, ra);
+  }
+}
+
+}  // namespace
+
+int cmd_loss(int argc, char** argv) {
+  try {
+    return loss_main(argc, argv);
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "kd loss: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kd loss: %s\n", e.what());
+    return 2;
+  }
+}
+
+}  // namespace kdtool
