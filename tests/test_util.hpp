@@ -55,3 +55,71 @@ inline double worst_rel(const std::vector<double>& a, const std::vector<double>&
 }
 
 }  // namespace kdt
+
+namespace kdt {
+
+// Runs f(backend, name) for the oracle and for the default backend (the fast one once compiled in).
+template <class F>
+void for_each_backend(F&& f) {
+  f(kd::reference_backend{}, "reference");
+  if constexpr (!std::is_same_v<kd::default_backend, kd::reference_backend>) f(kd::default_backend{}, "default");
+}
+
+// One divergence call with T inputs and float outputs; the outputs are pre-filled with a poison value.
+template <class T>
+struct call {
+  kd::status st;
+  kd::loss_result r;
+  std::vector<float> gs, gt, per_row;
+};
+
+template <class T, class Backend>
+call<T> run_call(const kd::divergence& d, const std::vector<T>& zs, const std::vector<T>& zt, std::int64_t rows,
+                 std::int64_t cols, const kd::distill_options& o, const Backend& be, bool teacher_grad = false,
+                 kd::input_kind sk = kd::input_kind::logits, kd::input_kind tk = kd::input_kind::logits) {
+  call<T> c;
+  c.gs.assign(zs.size(), 777.0f);
+  c.gt.assign(teacher_grad ? zt.size() : 0, 777.0f);
+  c.per_row.assign(static_cast<std::size_t>(rows), 777.0f);
+  kd::distill_outputs<float> out;
+  out.grad_student = kd::mut_rows<float>(c.gs.data(), rows, cols);
+  if (teacher_grad) out.grad_teacher = kd::mut_rows<float>(c.gt.data(), rows, cols);
+  out.per_row = c.per_row.data();
+  kd::student_input<T> s{kd::const_rows<T>(zs.data(), rows, cols), sk};
+  kd::teacher_input<T> t{kd::const_rows<T>(zt.data(), rows, cols), tk};
+  c.r.loss = 777.0;
+  c.st = kd::divergence_loss(d, s, t, o, c.r, out, be);
+  return c;
+}
+
+inline const kd::divergence kAllDivergences[] = {
+    kd::divergence::forward_kl(), kd::divergence::reverse_kl(),       kd::divergence::jsd(0.5),
+    kd::divergence::jsd(0.1),     kd::divergence::jsd(0.0),           kd::divergence::jsd(1.0),
+    kd::divergence::skew_kl(0.1), kd::divergence::skew_reverse_kl(0.1), kd::divergence::skew_kl(0.0),
+    kd::divergence::skew_reverse_kl(0.0), kd::divergence::tvd(),
+};
+
+}  // namespace kdt
+
+namespace kdt {
+
+// Two-entry rows (as log-probs) whose forward KL is exactly each target: teacher [0.5, 0.5], student [b, 1 - b] with b solved
+// by bisection. Lets tests use the literal per-row losses of pitfalls.md.
+inline void rows_with_forward_kl(const std::vector<double>& targets, std::vector<double>& student,
+                                 std::vector<double>& teacher) {
+  auto fkl2 = [](double b) { return 0.5 * std::log(0.5 / b) + 0.5 * std::log(0.5 / (1 - b)); };
+  for (double target : targets) {
+    double lo = 0.5, hi = 1.0 - 1e-300;
+    for (int it = 0; it < 2000 && hi - lo > 0; ++it) {
+      double mid = 0.5 * (lo + hi);
+      if (mid == lo || mid == hi) break;
+      (fkl2(mid) < target ? lo : hi) = mid;
+    }
+    student.push_back(std::log(lo));
+    student.push_back(std::log1p(-lo));
+    teacher.push_back(std::log(0.5));
+    teacher.push_back(std::log(0.5));
+  }
+}
+
+}  // namespace kdt
