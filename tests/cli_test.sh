@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# End-to-end checks of the kd tool: `kd loss` values against math.md / pitfalls.md, its error exits, and `kd gradcheck`.
+# Usage: cli_test.sh path/to/kd path/to/tests/data
+set -u
+KD="$1"; DATA="$2"; TMP="$(mktemp -d)"; trap 'rm -rf "$TMP"' EXIT
+pass=0; fail=0
+ok()  { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+# value of a JSON number field from a one-line object
+field() { sed -n "s/.*\"$1\": \([-0-9.eE+]*\).*/\1/p"; }
+near() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= t * (1 + (b < 0 ? -b : b))) }'; }
+
+out=$("$KD" loss --loss fkl --student "$DATA/caseA_student.npy" --teacher "$DATA/caseA_teacher.npy" --grad "$TMP/g.npy")
+near "$(echo "$out" | field loss)" 1.9853054691715395 1e-6 && ok || bad "fkl case A: $out"
+[ -s "$TMP/g.npy" ] && ok || bad "--grad wrote no file"
+out=$("$KD" loss --loss jsd --beta 0.5 --student "$DATA/caseA_student.npy" --teacher "$DATA/caseA_teacher.npy")
+near "$(echo "$out" | field loss)" 0.37547803313492988 1e-6 && ok || bad "jsd case A: $out"
+out=$("$KD" loss --loss fkl --temperature 2 --student "$DATA/caseA_student.npy" --teacher "$DATA/caseA_teacher.npy")
+near "$(echo "$out" | field loss)" 0.58457648846186432 1e-6 && ok || bad "fkl T=2: $out"
+out=$("$KD" loss --loss fkl --student "$DATA/p7_student_logp.npy" --teacher "$DATA/p7_teacher_logp.npy" \
+      --student-kind log_probs --teacher-kind log_probs --reduction sum)
+near "$(echo "$out" | field loss)" 0.5848836 1e-6 && ok || bad "pitfall 7 sum: $out"
+out=$("$KD" loss --loss fkl --student "$DATA/p7_student_logp.npy" --teacher "$DATA/p7_teacher_logp.npy" \
+      --student-kind log_probs --teacher-kind log_probs)
+near "$(echo "$out" | field loss)" 0.2924418 1e-6 && ok || bad "pitfall 7 mean: $out"
+out=$("$KD" loss --loss rkl --student "$DATA/b3_student_f16.npy" --teacher "$DATA/b3_teacher_f16.npy" \
+      --labels "$DATA/b3_labels.npy" --ignore-index -100)
+[ "$(echo "$out" | field valid_rows)" = 3 ] && ok || bad "3-D float16 with labels: $out"
+
+expect_exit() {  # expected-code description command...
+  local code="$1" what="$2"; shift 2
+  "$@" >"$TMP/out" 2>"$TMP/err"; local rc=$?
+  if [ "$rc" = "$code" ] && [ "$(wc -l <"$TMP/err")" -le 1 ]; then ok; else bad "$what: exit $rc, stderr: $(cat "$TMP/err")"; fi
+}
+expect_exit 2 "beta out of range" "$KD" loss --loss jsd --beta 1.5 --student "$DATA/caseA_student.npy" --teacher "$DATA/caseA_teacher.npy"
+expect_exit 2 "not a .npy" "$KD" loss --loss fkl --student "$DATA/notnpy.npy" --teacher "$DATA/caseA_teacher.npy"
+expect_exit 2 "missing file" "$KD" loss --loss fkl --student "$TMP/none.npy" --teacher "$DATA/caseA_teacher.npy"
+expect_exit 2 "integer logits" "$KD" loss --loss fkl --student "$DATA/bad_int_logits.npy" --teacher "$DATA/caseA_teacher.npy"
+expect_exit 2 "1-D logits" "$KD" loss --loss fkl --student "$DATA/shape1d.npy" --teacher "$DATA/shape1d.npy"
+expect_exit 2 "shape mismatch" "$KD" loss --loss fkl --student "$DATA/caseA_student.npy" --teacher "$DATA/p7_teacher_logp.npy"
+expect_exit 2 "unknown loss" "$KD" loss --loss xyz --student "$DATA/caseA_student.npy" --teacher "$DATA/caseA_teacher.npy"
+expect_exit 2 "unknown option" "$KD" loss --los fkl
+expect_exit 2 "missing --student" "$KD" loss --loss fkl --teacher "$DATA/caseA_teacher.npy"
+expect_exit 1 "NaN student" "$KD" loss --loss rkl --student "$DATA/nan_student.npy" --teacher "$DATA/caseA_teacher.npy"
+expect_exit 2 "unknown command" "$KD" frobnicate
+"$KD" gradcheck >"$TMP/gc" 2>&1 && grep -q " 0 failed" "$TMP/gc" && ok || bad "kd gradcheck: $(tail -3 "$TMP/gc")"
+
+echo "cli: $pass passed, $fail failed"
+[ "$fail" = 0 ]
