@@ -8,3 +8,4 @@
 #include "skew_kl.hpp"
 #include "softmax.hpp"
 #include "tvd.hpp"
+#include "topk.hpp"
