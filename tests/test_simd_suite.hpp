@@ -95,12 +95,7 @@ void run_suite(const Backend& be) {
       c.cols = 2000;
       c.scale = 8.0;
       c.temperature = 0.25;
-      // y = z / T reaches about 130: float32 log-probabilities carry an absolute error of about 130 * 2^-24.
-      tolerance tol;
-      tol.rtol = 1e-4;
-      tol.atol = 1e-5;
-      tol.atol_loss = 1e-4;
-      check_case<float, float>(c, be, tol);
+      check_case<float, float>(c, be);  // y = z / T reaches about 130: the tolerance scales with it
     }
   }
   SECTION("bit-identical inputs give exactly zero loss and gradient") {
@@ -181,7 +176,9 @@ void run_suite(const Backend& be) {
         auto got = run_case<float, float, float>(c, fs, ft, be);
         auto ref = run_case<float, float, float>(c, fs, ft, kd::reference_backend{});
         INFO("error kind " << kind << ": " << got.st.to_string() << " | ref " << ref.st.to_string());
-        compare(got, ref, c, tolerance{}, 0.0);
+        tolerance tol;
+        tol.ymax = 10.0;
+        compare(got, ref, c, tol, 0.0);
       }
     }
   }
@@ -231,8 +228,10 @@ void run_suite(const Backend& be) {
                                   kd::teacher_logits(zt.data(), rows, cols, stride), {}, r2, inplace, be)
                   .ok());
       CHECK(r1.loss == r2.loss);
-      CHECK(std::memcmp(gs.data(), zs.data(), gs.size() * sizeof(float)) == 0);
-      CHECK(std::memcmp(gt.data(), zt.data(), gt.size() * sizeof(float)) == 0);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        CHECK(std::memcmp(gs.data() + r * stride, zs.data() + r * stride, cols * sizeof(float)) == 0);
+        CHECK(std::memcmp(gt.data() + r * stride, zt.data() + r * stride, cols * sizeof(float)) == 0);
+      }
       // bf16 in place
       auto bs = strided(convert<kd::bfloat16>(kdt::random_logits<double>(rows, cols, 7)), rows, cols, stride);
       auto bt = strided(convert<kd::bfloat16>(kdt::random_logits<double>(rows, cols, 8)), rows, cols, stride);
