@@ -687,3 +687,22 @@ TEST_CASE("counter RNG: stateless, reproducible, uniform", "[pg][rng]") {
   for (int b : bins) chi2 += (b - n / 10.0) * (b - n / 10.0) / (n / 10.0);
   CHECK(chi2 < 27.9);  // 9 dof, p = 0.001
 }
+
+TEST_CASE("pg: results are bitwise identical for 1 and 2 threads", "[pg][determinism]") {
+  batch bt(4, 16, 4096, 202);  // 4 * 16 * 4096 = 2^18 elements: large enough for the threaded path
+  const kd::pg_options o = kd::pg_options::reference_code();
+  const auto one = run<float>(bt, o, true, kd::simd_backend<>{kd::thread_executor{1}});
+  const auto two = run<float>(bt, o, true, kd::simd_backend<>{kd::thread_executor{2}});
+  REQUIRE(one.st.ok());
+  REQUIRE(two.st.ok());
+  CHECK(std::memcmp(one.grad.data(), two.grad.data(), one.grad.size() * sizeof(double)) == 0);
+  CHECK(one.d.loss == two.d.loss);
+  CHECK(one.adv == two.adv);
+  const auto ref = run(bt, o, true);
+  double gmax = 0.0, worst = 0.0;
+  for (std::size_t i = 0; i < ref.grad.size(); ++i) {
+    gmax = std::max(gmax, std::abs(ref.grad[i]));
+    worst = std::max(worst, std::abs(two.grad[i] - ref.grad[i]));
+  }
+  CHECK(worst < 2e-5 * gmax);
+}

@@ -19,10 +19,9 @@
 #include <type_traits>
 
 #include "backend.hpp"
-#include "detail/pg_rows.hpp"
 #include "detail/validate.hpp"
 #include "options.hpp"
-#include "pg_options.hpp"
+#include "policy_gradient.hpp"
 
 KD_BEGIN_NAMESPACE
 
@@ -30,9 +29,8 @@ template <class S, class G = float, class Backend = pg_fast_backend>
 status lm_loss(const student_input<S>& student, const label_view& labels, const distill_options& options,
                loss_result& result, const mut_rows<G>& grad = {}, const Backend& backend = {}) {
   static_assert(is_element_v<S> && is_element_v<G>, "kd: element types must be float, double, kd::bfloat16 or kd::half");
-  static_assert(std::is_same_v<Backend, pg_fast_backend> || std::is_same_v<Backend, reference_backend>,
-                "kd::lm_loss: backend must be kd::pg_fast_backend or kd::reference_backend");
-  (void)backend;
+  static_assert(detail::pg::simd_traits<Backend>::value || std::is_same_v<Backend, reference_backend>,
+                "kd::lm_loss: backend must be a kd::simd_backend<...> or kd::reference_backend");
   const auto& z = student.x;
   if (status s = detail::validate_rows(z, "student"); !s) return s;
   if (status s = detail::validate_temperature(options.temperature); !s) return s;
@@ -55,9 +53,9 @@ status lm_loss(const student_input<S>& student, const label_view& labels, const 
   }
 
   const double inv_t = 1.0 / options.temperature;
-  using rows_t = std::conditional_t<std::is_same_v<Backend, reference_backend>, detail::pg::ref_rows<S, S>,
-                                    detail::pg::fast_rows<S, S>>;
+  using rows_t = detail::pg::rows_for<Backend, S, S>;
   rows_t rk(z.cols);
+  (void)backend;
   std::vector<detail::pg::row_state> st(static_cast<std::size_t>(z.rows));
   double sum = 0.0;
   std::int64_t count = 0;

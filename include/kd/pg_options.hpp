@@ -12,12 +12,6 @@
 
 KD_BEGIN_NAMESPACE
 
-// The fast path of kd::policy_gradient and kd::lm_loss: float arithmetic (double for the per-position scalars), xsimd rows
-// for float inputs. kd::reference_backend selects the double-precision oracle instead.
-struct pg_fast_backend {
-  static constexpr const char* name() noexcept { return "pg_fast"; }
-};
-
 // How the return is normalized by length (the advantage before whitening).
 //   none      : A_t = the return (the unbiased estimator of paper Eq. 3/4).
 //   paper     : A_t = the return / (number of rewards it sums): the mean of the future rewards, paper Eq. 6. Eq. 6 prints

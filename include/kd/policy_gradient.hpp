@@ -52,8 +52,9 @@
 // smallest offending row. EVERY error is returned before any output is written (outputs untouched). Padded positions are
 // never read (their logits, tokens and old log-probs may hold anything: masking happens before any exp/log, pitfall 20).
 // Outputs at padded positions: gradient rows 0, per-position arrays 0.
-// Memory: O(B * L) scalars of scratch, no temporary proportional to B x L x V. Deterministic (single-threaded; repeated runs
-// are bitwise identical).
+// Memory: O(B * L) scalars of scratch (plus three L1-sized chunk buffers per thread), no temporary proportional to B x L x V.
+// Deterministic: each row is computed by one thread and every reduction runs afterwards in row order, so results are
+// bitwise identical across runs and thread counts (for a fixed instruction set).
 #pragma once
 
 #include <cmath>
@@ -62,6 +63,7 @@
 #include <type_traits>
 
 #include "backend.hpp"
+#include "backend/simd.hpp"
 #include "detail/pg_rows.hpp"
 #include "detail/pg_sequence.hpp"
 #include "detail/validate.hpp"
@@ -70,6 +72,11 @@
 #include "tensor.hpp"
 
 KD_BEGIN_NAMESPACE
+
+// The fast path of kd::policy_gradient / kd::lm_loss: the SIMD backend (xsimd::default_arch, all hardware threads). Any
+// kd::simd_backend<Arch, Executor> works (e.g. kd::simd_backend<>{kd::thread_executor{1}} for one thread);
+// kd::reference_backend{} selects the double-precision oracle.
+using pg_fast_backend = simd_backend<>;
 
 namespace detail {
 
@@ -148,7 +155,8 @@ status validate_pg_call(const student_input<S>& student, const teacher_input<P>&
 //   outputs   optional gradient [B*L, V] (may be the student buffer itself), rewards / advantages / importance_weights /
 //             log_probs [B*L] float
 //   diag      diagnostics (kd::pg_diagnostics)
-//   backend   kd::pg_fast_backend{} (default) or kd::reference_backend{} (the double-precision oracle)
+//   backend   kd::pg_fast_backend{} = kd::simd_backend<>{} (default; any kd::simd_backend<Arch, Executor>) or
+//             kd::reference_backend{} (the double-precision oracle, single-threaded)
 template <class S, class P, class G = float, class Backend = pg_fast_backend>
 status policy_gradient(const student_input<S>& student, const teacher_input<P>& teacher, const pg_sequences& seq,
                        const pg_options& options, const pg_outputs<G>& outputs, pg_diagnostics& diag,
@@ -156,12 +164,10 @@ status policy_gradient(const student_input<S>& student, const teacher_input<P>& 
   static_assert(is_element_v<S>, "kd: student element type must be float, double, kd::bfloat16 or kd::half");
   static_assert(is_element_v<P>, "kd: teacher element type must be float, double, kd::bfloat16 or kd::half");
   static_assert(is_element_v<G>, "kd: gradient element type must be float, double, kd::bfloat16 or kd::half");
-  static_assert(std::is_same_v<Backend, pg_fast_backend> || std::is_same_v<Backend, reference_backend>,
-                "kd::policy_gradient: backend must be kd::pg_fast_backend or kd::reference_backend");
-  (void)backend;
+  static_assert(detail::pg::simd_traits<Backend>::value || std::is_same_v<Backend, reference_backend>,
+                "kd::policy_gradient: backend must be a kd::simd_backend<...> or kd::reference_backend");
   if (status s = detail::validate_pg_call(student, teacher, seq, options, outputs); !s) return s;
-  constexpr bool reference = std::is_same_v<Backend, reference_backend>;
-  return detail::pg::run<reference>(student, teacher, seq, options, outputs, diag);
+  return detail::pg::run(student, teacher, seq, options, outputs, diag, backend);
 }
 
 KD_END_NAMESPACE

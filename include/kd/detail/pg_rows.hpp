@@ -24,6 +24,7 @@
 
 #include "../options.hpp"
 #include "../pg_options.hpp"
+#include "../backend/simd.hpp"
 #include "../status.hpp"
 #include "pg_sequence.hpp"
 #include "reference_math.hpp"
@@ -71,169 +72,188 @@ struct ref_rows {
 };
 
 // ---------------------------------------------------------------------------------------------------------------------------
-// Fast (float) rows.
+// Fast (float) rows on the SIMD backend's row primitives (detail/simd_row.hpp, detail/simd_exp.hpp) for instruction set A.
+// Rows are processed in L1-sized chunks (detail::simd::chunk) exactly like the backend's fused KL row (online max /
+// sum-exp with rescaling), so pass 1 reads each input row once; pass 2 reads them once more and writes the gradient once.
+// Partial sums are accumulated per chunk in float lanes and across chunks in double. Masked (-inf) entries contribute
+// exactly 0 (selects on e == 0, never 0 * inf), so one loop serves masked and unmasked rows.
 
-template <class S, class P>
+template <class A, class S, class P>
 struct fast_rows {
+  using b = simd::fbatch<A>;
+  static constexpr float ninf = -std::numeric_limits<float>::infinity();
+
   explicit fast_rows(std::int64_t) {}
 
-  // Generic float path (any element type; also the tail of the SIMD path).
-  static void scalar_stats(const S* zs, const P* zt, std::int64_t j0, std::int64_t n, float inv_t, float ms, float mt,
-                           bool teacher, float& ss, float& st, float& dd) noexcept {
-    for (std::int64_t j = j0; j < n; ++j) {
-      const float a = to_float(zs[j]) * inv_t;
-      const float es = std::exp(a - ms);
-      ss += es;
-      if (teacher) {
-        const float b = to_float(zt[j]) * inv_t;
-        st += std::exp(b - mt);
-        if (es != 0.0f) dd += es * (a - b);  // q_j = 0 contributes 0 (never 0 * inf)
-      }
-    }
-  }
-
-  int pass1(const S* zs, const P* zt, std::int64_t n, double inv_t_d, row_state& s) {
+  int pass1(const S* zs, const P* zt, std::int64_t n, double inv_t_d, row_state& s) const noexcept {
     const float inv_t = static_cast<float>(inv_t_d);
     const bool teacher = s.needs_teacher();
-    float ms = -std::numeric_limits<float>::infinity(), mt = ms;
-    float ss = 0.0f, st = 0.0f, dd = 0.0f;
-    if constexpr (std::is_same_v<S, float> && std::is_same_v<P, float>) {
-      using b = xsimd::batch<float>;
-      constexpr std::int64_t W = static_cast<std::int64_t>(b::size);
-      const std::int64_t nv = n - n % W;
-      // Read 1: row maxima (two independent accumulators per input).
-      b vms(ms), vmt(mt);
-      for (std::int64_t j = 0; j < nv; j += W) {
-        vms = xsimd::max(vms, b::load_unaligned(zs + j));
-        if (teacher) vmt = xsimd::max(vmt, b::load_unaligned(zt + j));
-      }
-      alignas(64) float tmp[64];
-      vms.store_aligned(tmp);
-      for (std::int64_t k = 0; k < W; ++k) ms = std::max(ms, tmp[k]);
+    const b it(inv_t), zero(0.0f);
+    alignas(64) float bs[simd::chunk], bt[simd::chunk];
+    float ms = ninf, mt = ninf;
+    double ss = 0.0, st = 0.0, dd = 0.0;
+    simd::nonfinite_flags fs, ft;
+    for (std::int64_t j0 = 0; j0 < n; j0 += simd::chunk) {
+      const std::int64_t len = n - j0 < simd::chunk ? n - j0 : simd::chunk;
+      const float* cs = simd::load_chunk<A>(zs + j0, len, bs);
+      const float cms = simd::chunk_max<A>(cs, len, inv_t, fs);
+      if (fs.nan || fs.pinf) return 1;
+      const float* ct = nullptr;
+      float cmt = ninf;
       if (teacher) {
-        vmt.store_aligned(tmp);
-        for (std::int64_t k = 0; k < W; ++k) mt = std::max(mt, tmp[k]);
+        ct = simd::load_chunk<A>(zt + j0, len, bt);
+        cmt = simd::chunk_max<A>(ct, len, inv_t, ft);
+        if (ft.nan || ft.pinf) return 2;
       }
-      for (std::int64_t j = nv; j < n; ++j) {
-        ms = std::max(ms, zs[j]);
-        if (teacher) mt = std::max(mt, zt[j]);
+      if (cms > ms) {  // rescale the student sums (dd is student-weighted)
+        const double f = ms == ninf ? 0.0 : std::exp(static_cast<double>(ms) - cms);
+        ss *= f;
+        dd *= f;
+        ms = cms;
       }
-      ms *= inv_t;
-      mt *= inv_t;
-      // Read 2: exponentials and sums. NaN inputs propagate into the sums (found below); -inf student entries contribute 0.
-      const b vit(inv_t), vms_b(ms), vmt_b(mt), zero(0.0f);
-      b ass(0.0f), ast(0.0f), add(0.0f);
-      for (std::int64_t j = 0; j < nv; j += W) {
-        const b a = b::load_unaligned(zs + j) * vit;
-        const b es = xsimd::exp(a - vms_b);
-        ass += es;
-        if (teacher) {
-          const b bt = b::load_unaligned(zt + j) * vit;
-          ast += xsimd::exp(bt - vmt_b);
-          add += xsimd::select(es != zero, es * (a - bt), zero);
+      if (cmt > mt) {
+        st *= mt == ninf ? 0.0 : std::exp(static_cast<double>(mt) - cmt);
+        mt = cmt;
+      }
+      const b mbs(ms == ninf ? 0.0f : ms), mbt(mt == ninf ? 0.0f : mt);  // all -inf so far: every e is 0 anyway
+      b as(0.0f), at(0.0f), ad(0.0f);
+      if (teacher) {
+        for (std::int64_t j = 0; j < len; j += simd::width<A>) {
+          const b ys = simd::load_padded<A>(cs, j, len, ninf) * it, yt = simd::load_padded<A>(ct, j, len, ninf) * it;
+          const b es = simd::exp<A>(ys - mbs);
+          as += es;
+          at += simd::exp<A>(yt - mbt);
+          ad += xsimd::select(es != zero, es * (ys - yt), zero);  // q_j = 0 contributes 0; p_j = 0 under q_j > 0: +inf
         }
+      } else {
+        for (std::int64_t j = 0; j < len; j += simd::width<A>)
+          as += simd::exp<A>(simd::load_padded<A>(cs, j, len, ninf) * it - mbs);
       }
-      ss = xsimd::hadd(ass);
-      st = xsimd::hadd(ast);
-      dd = xsimd::hadd(add);
-      scalar_stats(zs, zt, nv, n, inv_t, ms, mt, teacher, ss, st, dd);
-    } else {
-      for (std::int64_t j = 0; j < n; ++j) {
-        ms = std::max(ms, to_float(zs[j]));
-        if (teacher) mt = std::max(mt, to_float(zt[j]));
-      }
-      ms *= inv_t;
-      mt *= inv_t;
-      scalar_stats(zs, zt, 0, n, inv_t, ms, mt, teacher, ss, st, dd);
+      ss += simd::hsum<A>(as);
+      st += simd::hsum<A>(at);
+      dd += simd::hsum<A>(ad);
     }
-    // A NaN anywhere makes the sums NaN; +inf makes a - ms NaN; an all -inf row gives ms = -inf and NaN: all reported.
-    s.lse_s = static_cast<double>(ms) + std::log(static_cast<double>(ss));
-    if (!std::isfinite(s.lse_s)) return 1;
-    if (s.y_lm >= 0) s.lq_lm = static_cast<double>(to_float(zs[s.y_lm]) * inv_t) - s.lse_s;
+    if (ms == ninf) {  // fully masked student row
+      s.lse_s = -std::numeric_limits<double>::infinity();
+      return 1;
+    }
+    s.lse_s = static_cast<double>(ms) + std::log(ss);
+    if (s.y_lm >= 0) s.lq_lm = static_cast<double>(simd::elem_to_float<A>(zs[s.y_lm]) * inv_t) - s.lse_s;
     if (!teacher) return 0;
-    s.lse_t = static_cast<double>(mt) + std::log(static_cast<double>(st));
-    if (!std::isfinite(s.lse_t)) return 2;
-    const float ay = to_float(zs[s.y]) * inv_t, by = to_float(zt[s.y]) * inv_t;
-    s.lq_y = static_cast<double>(ay) - s.lse_s;
-    s.lp_y = static_cast<double>(by) - s.lse_t;
-    // KL(q || p) = sum_j q_j (a_j - b_j) - lse_s + lse_t, with sum_j q_j (a_j - b_j) = dd / ss. Identical rows give exactly 0.
-    s.kl = static_cast<double>(dd) / static_cast<double>(ss) - s.lse_s + s.lse_t;
-    if (std::isnan(s.kl)) s.kl = std::numeric_limits<double>::infinity();  // +inf - +inf: teacher -inf under student mass
+    if (mt == ninf) {
+      s.lse_t = -std::numeric_limits<double>::infinity();
+      return 2;
+    }
+    s.lse_t = static_cast<double>(mt) + std::log(st);
+    s.lq_y = static_cast<double>(simd::elem_to_float<A>(zs[s.y]) * inv_t) - s.lse_s;
+    s.lp_y = static_cast<double>(simd::elem_to_float<A>(zt[s.y]) * inv_t) - s.lse_t;
+    // KL(q || p) = sum_j q_j (ys_j - yt_j) - lse_s + lse_t = dd / ss - lse_s + lse_t; identical rows give exactly 0.
+    s.kl = dd / ss - s.lse_s + s.lse_t;
+    if (!(s.kl < std::numeric_limits<double>::infinity())) s.kl = std::numeric_limits<double>::infinity();
     return 0;
   }
 
   template <class G>
-  static void scalar_grad(const S* zs, const P* zt, std::int64_t j0, std::int64_t n, float inv_t, float lse_s, float lse_t,
-                          float kl, float cs, float cl_m_clm, bool single, G* g) noexcept {
-    for (std::int64_t j = j0; j < n; ++j) {
-      const float a = to_float(zs[j]) * inv_t - lse_s;
-      const float q = std::exp(a);
-      float coef = -cl_m_clm;
-      if (single) coef += cs * (a - (to_float(zt[j]) * inv_t - lse_t) - kl);
-      g[j] = from_float<G>(q == 0.0f ? 0.0f : inv_t * q * coef);
-    }
-  }
-
-  template <class G>
-  void pass2(const S* zs, const P* zt, std::int64_t n, double inv_t_d, const row_state& s, G* g) {
+  void pass2(const S* zs, const P* zt, std::int64_t n, double inv_t_d, const row_state& s, G* g) const noexcept {
     const bool single = s.c_single != 0.0;
     // The two one-hot entries are computed first, in double, from the inputs (g may be the student buffer itself).
     const auto entry = [&](std::int64_t j) {
-      const double a = to_double(zs[j]) * inv_t_d - s.lse_s;
+      const double a = static_cast<double>(simd::elem_to_float<A>(zs[j])) * inv_t_d - s.lse_s;
       const double q = std::exp(a);
       double v = s.c_long * ((j == s.y ? 1.0 : 0.0) - q) + s.c_lm * (q - (j == s.y_lm ? 1.0 : 0.0));
-      if (single && q > 0.0) v += s.c_single * q * (a - (to_double(zt[j]) * inv_t_d - s.lse_t) - s.kl);
-      return from_double<G>(inv_t_d * v);
+      if (single && q > 0.0)
+        v += s.c_single * q * (a - (static_cast<double>(simd::elem_to_float<A>(zt[j])) * inv_t_d - s.lse_t) - s.kl);
+      return inv_t_d * v;
     };
-    const G gy = s.y >= 0 ? entry(s.y) : from_double<G>(0.0);
-    const G glm = s.y_lm >= 0 ? entry(s.y_lm) : from_double<G>(0.0);
+    const double gy = s.y >= 0 ? entry(s.y) : 0.0, glm = s.y_lm >= 0 ? entry(s.y_lm) : 0.0;
     const float inv_t = static_cast<float>(inv_t_d);
-    const float lse_s = static_cast<float>(s.lse_s), lse_t = static_cast<float>(s.lse_t), kl = static_cast<float>(s.kl);
-    const float cs = static_cast<float>(s.c_single), cl_m_clm = static_cast<float>(s.c_long - s.c_lm);
-    std::int64_t j0 = 0;
-    if constexpr (std::is_same_v<S, float> && std::is_same_v<P, float> && std::is_same_v<G, float>) {
-      using b = xsimd::batch<float>;
-      constexpr std::int64_t W = static_cast<std::int64_t>(b::size);
-      const std::int64_t nv = n - n % W;
-      const b vit(inv_t), vls(lse_s), vlt(lse_t), vkl(kl), vcs(cs), vc0(-cl_m_clm), zero(0.0f);
+    // g_j = (1/T) q_j (c_single ((ys_j - yt_j) - k) - c_long + c_lm),  k = KL + lse_s - lse_t;  q_j = 0 -> exactly 0.
+    const b it(inv_t), ls(static_cast<float>(s.lse_s)), zero(0.0f);
+    const b kb(static_cast<float>(s.kl + s.lse_s - s.lse_t)), csb(static_cast<float>(s.c_single * inv_t_d));
+    const b c0(static_cast<float>((s.c_lm - s.c_long) * inv_t_d));
+    alignas(64) float bs[simd::chunk], bt[simd::chunk], bg[simd::chunk];
+    for (std::int64_t j0 = 0; j0 < n; j0 += simd::chunk) {
+      const std::int64_t len = n - j0 < simd::chunk ? n - j0 : simd::chunk;
+      const float* cs = simd::load_chunk<A>(zs + j0, len, bs);
+      float* cg;
+      if constexpr (std::is_same_v<G, float>) cg = g + j0;
+      else cg = bg;
       if (single) {
-        for (std::int64_t j = 0; j < nv; j += W) {
-          const b a = xsimd::fms(b::load_unaligned(zs + j), vit, vls);
-          const b q = xsimd::exp(a);
-          const b bt = xsimd::fms(b::load_unaligned(zt + j), vit, vlt);
-          const b coef = xsimd::fma(vcs, a - bt - vkl, vc0);
-          xsimd::select(q == zero, zero, vit * q * coef).store_unaligned(g + j);
+        const float* ct = simd::load_chunk<A>(zt + j0, len, bt);
+        std::int64_t j = 0;
+        for (; j + simd::width<A> <= len; j += simd::width<A>) {
+          const b ys = b::load_unaligned(cs + j) * it, yt = b::load_unaligned(ct + j) * it;
+          const b q = simd::exp<A>(ys - ls);
+          xsimd::select(q == zero, zero, q * xsimd::fma(csb, (ys - yt) - kb, c0)).store_unaligned(cg + j);
+        }
+        if (j < len) {
+          const b ys = simd::load_padded<A>(cs, j, len, ninf) * it, yt = simd::load_padded<A>(ct, j, len, 0.0f) * it;
+          const b q = simd::exp<A>(ys - ls);
+          simd::store_partial<A>(cg, j, len, xsimd::select(q == zero, zero, q * xsimd::fma(csb, (ys - yt) - kb, c0)));
         }
       } else {
-        const b k = vit * vc0;
-        for (std::int64_t j = 0; j < nv; j += W) {
-          const b q = xsimd::exp(xsimd::fms(b::load_unaligned(zs + j), vit, vls));
-          (q * k).store_unaligned(g + j);
-        }
+        std::int64_t j = 0;
+        for (; j + simd::width<A> <= len; j += simd::width<A>)
+          (c0 * simd::exp<A>(xsimd::fms(b::load_unaligned(cs + j), it, ls))).store_unaligned(cg + j);
+        if (j < len)
+          simd::store_partial<A>(cg, j, len, c0 * simd::exp<A>(xsimd::fms(simd::load_padded<A>(cs, j, len, ninf), it, ls)));
       }
-      j0 = nv;
+      if constexpr (!std::is_same_v<G, float>) {
+        for (std::int64_t j = 0; j < len; ++j) g[j0 + j] = from_float<G>(cg[j]);
+      }
     }
-    scalar_grad(zs, zt, j0, n, inv_t, lse_s, lse_t, kl, cs, cl_m_clm, single, g);
-    if (s.y >= 0) g[s.y] = gy;
-    if (s.y_lm >= 0) g[s.y_lm] = glm;
+    if (s.y >= 0) g[s.y] = from_double<G>(gy);
+    if (s.y_lm >= 0) g[s.y_lm] = from_double<G>(glm);
   }
 };
+
+template <class B>
+struct simd_traits : std::false_type {};
+template <class Arch, class Executor>
+struct simd_traits<simd_backend<Arch, Executor>> : std::true_type {
+  using arch = Arch;
+};
+
+// The row kernels of a backend: fast_rows<Arch> for kd::simd_backend<Arch, ...>, ref_rows for kd::reference_backend.
+template <class Backend, class S, class P, bool = simd_traits<Backend>::value>
+struct rows_for_impl {
+  using type = ref_rows<S, P>;
+};
+template <class Backend, class S, class P>
+struct rows_for_impl<Backend, S, P, true> {
+  using type = fast_rows<typename simd_traits<Backend>::arch, S, P>;
+};
+template <class Backend, class S, class P>
+using rows_for = typename rows_for_impl<Backend, S, P>::type;
 
 // ---------------------------------------------------------------------------------------------------------------------------
 // Driver.
 
-template <bool Reference, class S, class P, class G>
+// Runs f(begin, end) over [0, n) rows: on the calling thread for the reference backend and for small problems (threads cost
+// tens of microseconds), else on the SIMD backend's executor. Each row is computed by one thread only and every reduction
+// runs afterwards in row order, so results are bitwise identical for any thread count.
+template <class Backend, class F>
+void for_rows(const Backend& be, std::int64_t n, std::int64_t work, F f) {
+  if constexpr (simd_traits<Backend>::value) {
+    if (n >= 2 && work >= (std::int64_t{1} << 18)) {
+      be.executor.parallel_for(n, f);
+      return;
+    }
+  }
+  (void)be;
+  (void)work;
+  if (n > 0) f(std::int64_t{0}, n);
+}
+
+template <class Backend, class S, class P, class G>
 status run(const student_input<S>& student, const teacher_input<P>& teacher, const pg_sequences& seq, const pg_options& o,
-           const pg_outputs<G>& out, pg_diagnostics& diag) {
+           const pg_outputs<G>& out, pg_diagnostics& diag, const Backend& be) {
   const auto& zs = student.x;
   const auto& zt = teacher.x;
   const std::int64_t R = seq.batch * seq.time, n = zs.cols;
   const double inv_t = 1.0 / o.temperature;
-  using rows_t = std::conditional_t<Reference, ref_rows<S, P>, fast_rows<S, P>>;
-  rows_t rk(n);
   std::vector<row_state> st(static_cast<std::size_t>(R));
-
-  // Pass 1: statistics; errors are returned here, before any output is written.
+  std::vector<signed char> err(static_cast<std::size_t>(R), 0);
   for (std::int64_t r = 0; r < R; ++r) {
     row_state& s = st[r];
     s.pg = seq.valid(r);
@@ -242,12 +262,24 @@ status run(const student_input<S>& student, const teacher_input<P>& teacher, con
       const std::int64_t l = seq.lm_labels[r];
       s.y_lm = l == o.ignore_index ? -1 : l;
     }
+  }
+
+  // Pass 1: statistics; errors are returned here, before any output is written.
+  const auto pass1 = [&](auto& rk, std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r)
+      if (st[r].active()) err[r] = static_cast<signed char>(rk.pass1(zs.row(r), zt.row(r), n, inv_t, st[r]));
+  };
+  for_rows(be, R, R * n, [&](std::int64_t r0, std::int64_t r1) {
+    rows_for<Backend, S, P> rk(n);  // per thread: O(V) scratch for the reference rows, none for the fast rows
+    pass1(rk, r0, r1);
+  });
+  for (std::int64_t r = 0; r < R; ++r) {  // row order: the smallest offending row is reported
+    const row_state& s = st[r];
     if (!s.active()) continue;
-    const int e = rk.pass1(zs.row(r), zt.row(r), n, inv_t, s);
-    if (e == 1)
+    if (err[r] == 1)
       return make_error(errc::non_finite_input, "student",
                         "a valid row holds NaN or +inf, or is fully masked (all -inf)", s.lse_s, r);
-    if (e == 2)
+    if (err[r] == 2)
       return make_error(errc::non_finite_input, "teacher",
                         "a valid row holds NaN or +inf, or is fully masked (all -inf)", s.lse_t, r);
     if (s.pg && s.lq_y == ref::ninf)
@@ -267,15 +299,21 @@ status run(const student_input<S>& student, const teacher_input<P>& teacher, con
 
   // Pass 2: gradient rows (zero for rows that count for nothing).
   if (out.grad_student.data) {
-    for (std::int64_t r = 0; r < R; ++r) {
-      G* g = out.grad_student.row(r);
-      const row_state& s = st[r];
-      if (!s.active() || (s.c_single == 0.0 && s.c_long == 0.0 && s.c_lm == 0.0)) {
-        std::fill(g, g + n, from_double<G>(0.0));
-        continue;
+    const auto pass2 = [&](auto& rk, std::int64_t r0, std::int64_t r1) {
+      for (std::int64_t r = r0; r < r1; ++r) {
+        G* g = out.grad_student.row(r);
+        const row_state& s = st[r];
+        if (!s.active() || (s.c_single == 0.0 && s.c_long == 0.0 && s.c_lm == 0.0)) {
+          std::fill(g, g + n, from_double<G>(0.0));
+          continue;
+        }
+        rk.pass2(zs.row(r), zt.row(r), n, inv_t, s, g);
       }
-      rk.pass2(zs.row(r), zt.row(r), n, inv_t, s, g);
-    }
+    };
+    for_rows(be, R, R * n, [&](std::int64_t r0, std::int64_t r1) {
+      rows_for<Backend, S, P> rk(n);
+      pass2(rk, r0, r1);
+    });
   }
   return ok_status();
 }
