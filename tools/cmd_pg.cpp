@@ -1,0 +1,211 @@
+// kd pg: one fused MiniLLM policy-gradient step (kd::policy_gradient) on .npy inputs; prints one JSON object with the
+// per-position rewards, advantages and importance weights [B, L] and the diagnostics, and optionally writes the total
+// gradient with respect to the student logits as float32 .npy [B, L, V].
+#include <kd/policy_gradient.hpp>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli.hpp"
+#include "commands.hpp"
+#include "npy.hpp"
+
+namespace kdtool {
+namespace {
+
+const char* kPgHelp =
+    "usage: kd pg --student S.npy --teacher T.npy --tokens Y.npy --mask M.npy [--old-logprobs O.npy]\n"
+    "             [--alpha A] [--gamma G] [--length-norm paper|reference|none] [--clip C] [--temperature T]\n"
+    "             [--single-step on|off] [--whiten on|off] [--grad G.npy]\n"
+    "             [--iw per-token|exact] [--iw-clip W] [--reward-scale S] [--reward-clip R]\n"
+    "             [--reduction mean|sum] [--backend default|reference]\n"
+    "MiniLLM policy gradient of the sequence-level reverse KL KL(student || teacher) (Gu et al. arXiv 2306.08543).\n"
+    "Inputs: student and teacher logits float16/32/64 [B, L, V]; sampled tokens int32/int64 [B, L]; mask [B, L] (bool,\n"
+    "uint8, int or float; nonzero = response token); optional rollout-time student log-probs of the tokens float [B, L].\n"
+    "Defaults: alpha 0 (tokens sampled from the student), gamma 1, length-norm paper (R_{t+1} / number of future tokens),\n"
+    "clip 0 (off), temperature 1, single-step on, whiten off, per-token importance weights, token-mean reduction.\n"
+    "--length-norm reference also includes the current reward in the return (the public reference code).\n"
+    "Prints JSON: rewards, advantages, importance_weights, log_probs ([B, L]; 0 at padding) and the diagnostics (loss,\n"
+    "pg_loss, single_step_loss, mean_reward, k3, token_reverse_kl, sequence_reward, iw_mean/min/max, iw_clip_fraction,\n"
+    "ratio_mean, clip_fraction, advantage_mean/std, valid_tokens, valid_sequences). --grad writes d(loss)/d(student logits)\n"
+    "as float32 [B, L, V]. Exit codes: 0 ok, 1 value error in the data (NaN/inf logits, probability 0 at a sampled token),\n"
+    "2 bad arguments, files or shapes.\n";
+
+npy_array load(const std::string& path, const char* name) {
+  try {
+    return load_npy(path);
+  } catch (const npy_error& e) {
+    throw usage_error(std::string("--") + name + ": " + e.what());
+  }
+}
+
+bool on_off(const args& a, const std::string& k, bool def) {
+  return a.choice(k, {"on", "off"}, def ? "on" : "off") == "on";
+}
+
+struct inputs {
+  npy_array s, t;
+  std::int64_t B = 0, L = 0, V = 0;
+  std::vector<std::int64_t> tokens;
+  std::vector<std::uint8_t> mask;
+  std::vector<float> old;
+  bool has_old = false;
+};
+
+template <class Z>
+int run_typed(const inputs& in, const kd::pg_options& o, bool reference, const std::string& grad_path) {
+  const std::int64_t R = in.B * in.L;
+  std::vector<Z> s, t;
+  if constexpr (std::is_same_v<Z, double>) {
+    s = in.s.to_double();
+    t = in.t.to_double();
+  } else {
+    s = in.s.to_float();
+    t = in.t.to_float();
+  }
+  std::vector<float> grad(grad_path.empty() ? 0 : static_cast<std::size_t>(R * in.V));
+  std::vector<float> rewards(R), adv(R), iw(R), lq(R);
+  kd::pg_sequences seq;
+  seq.batch = in.B;
+  seq.time = in.L;
+  seq.tokens = kd::label_view(in.tokens.data(), R);
+  seq.mask = kd::mask_view(in.mask.data(), R);
+  if (in.has_old) seq.old_log_probs = in.old.data();
+  kd::pg_outputs<float> out;
+  if (!grad.empty()) out.grad_student = kd::mut_rows<float>(grad.data(), R, in.V);
+  out.rewards = rewards.data();
+  out.advantages = adv.data();
+  out.importance_weights = iw.data();
+  out.log_probs = lq.data();
+  kd::pg_diagnostics d;
+  const auto si = kd::student_logits(s.data(), R, in.V);
+  const auto ti = kd::teacher_logits(t.data(), R, in.V);
+  kd::status st = reference ? kd::policy_gradient(si, ti, seq, o, out, d, kd::reference_backend{})
+                            : kd::policy_gradient(si, ti, seq, o, out, d);
+  if (st.code == kd::errc::invalid_argument) throw usage_error(st.to_string());
+  if (!st.ok()) {
+    std::fprintf(stderr, "kd pg: %s\n", st.to_string().c_str());
+    return 1;
+  }
+  std::string j = "{";
+  auto num = [&](const char* k, double v) { j += std::string("\"") + k + "\": " + json_number(v) + ", "; };
+  auto str = [&](const char* k, const std::string& v) { j += std::string("\"") + k + "\": " + json_string(v) + ", "; };
+  num("batch", double(in.B));
+  num("time", double(in.L));
+  num("vocab", double(in.V));
+  str("length_norm", kd::length_norm_name(o.length_norm));
+  num("includes_current_reward", o.includes_current_reward() ? 1 : 0);
+  num("alpha", o.alpha);
+  num("gamma", o.gamma);
+  num("clip", o.clip_range);
+  num("temperature", o.temperature);
+  num("single_step", o.single_step ? 1 : 0);
+  num("whiten", o.whiten ? 1 : 0);
+  str("importance_weight", o.iw_form == kd::importance_weight_form::exact_product ? "exact" : "per-token");
+  str("backend", reference ? "reference" : "default");
+  num("loss", d.loss);
+  num("pg_loss", d.pg_loss);
+  num("single_step_loss", d.single_step_loss);
+  num("mean_reward", d.mean_reward);
+  num("k3", d.k3);
+  num("token_reverse_kl", d.token_reverse_kl);
+  num("sequence_reward", d.sequence_reward);
+  num("iw_mean", d.iw_mean);
+  num("iw_min", d.iw_min);
+  num("iw_max", d.iw_max);
+  num("iw_clip_fraction", d.iw_clip_fraction);
+  num("ratio_mean", d.ratio_mean);
+  num("clip_fraction", d.clip_fraction);
+  num("advantage_mean", d.advantage_mean);
+  num("advantage_std", d.advantage_std);
+  num("valid_tokens", double(d.valid_tokens));
+  num("valid_sequences", double(d.valid_sequences));
+  j += "\"rewards\": " + json_matrix(rewards.data(), in.B, in.L) + ", ";
+  j += "\"advantages\": " + json_matrix(adv.data(), in.B, in.L) + ", ";
+  j += "\"importance_weights\": " + json_matrix(iw.data(), in.B, in.L) + ", ";
+  j += "\"log_probs\": " + json_matrix(lq.data(), in.B, in.L) + "}";
+  std::printf("%s\n", j.c_str());
+  if (!grad.empty()) {
+    try {
+      save_npy(grad_path, grad.data(), {in.B, in.L, in.V});
+    } catch (const npy_error& e) {
+      throw usage_error(std::string("--grad: ") + e.what());
+    }
+  }
+  return 0;
+}
+
+int pg_main(int argc, char** argv) {
+  args a(argc, argv,
+         {"student", "teacher", "tokens", "mask", "old-logprobs", "alpha", "gamma", "length-norm", "clip", "temperature",
+          "single-step", "whiten", "grad", "iw", "iw-clip", "reward-scale", "reward-clip", "reduction", "backend"},
+         {});
+  if (a.help()) {
+    std::fputs(kPgHelp, stdout);
+    return 0;
+  }
+  kd::pg_options o;
+  o.alpha = a.num("alpha", 0.0);
+  o.gamma = a.num("gamma", 1.0);
+  const std::string ln = a.choice("length-norm", {"paper", "reference", "none"}, "paper");
+  o.length_norm = ln == "paper" ? kd::length_norm::paper : ln == "reference" ? kd::length_norm::reference
+                                                                             : kd::length_norm::none;
+  o.clip_range = a.num("clip", 0.0);
+  o.temperature = a.num("temperature", 1.0);
+  o.single_step = on_off(a, "single-step", true);
+  o.whiten = on_off(a, "whiten", false);
+  o.iw_form = a.choice("iw", {"per-token", "exact"}, "per-token") == "exact" ? kd::importance_weight_form::exact_product
+                                                                             : kd::importance_weight_form::per_token;
+  o.iw_clip = a.num("iw-clip", 0.0);
+  o.reward_scale = a.num("reward-scale", 1.0);
+  o.reward_clip = a.num("reward-clip", 0.0);
+  o.reduction = a.choice("reduction", {"mean", "sum"}, "mean") == "mean" ? kd::reduction::mean : kd::reduction::sum;
+  const bool reference = a.choice("backend", {"default", "reference"}, "default") == "reference";
+  if (kd::status st = kd::validate_pg_options(o); !st) throw usage_error(st.to_string());
+
+  inputs in;
+  in.s = load(a.required("student"), "student");
+  in.t = load(a.required("teacher"), "teacher");
+  const npy_array tok = load(a.required("tokens"), "tokens");
+  const npy_array mask = load(a.required("mask"), "mask");
+  for (const auto* x : {&in.s, &in.t}) {
+    const char* name = x == &in.s ? "--student" : "--teacher";
+    if (!x->is_float()) throw usage_error(std::string(name) + ": dtype must be float16, float32 or float64");
+    if (x->shape.size() != 3) throw usage_error(std::string(name) + ": shape must be [B, L, V]");
+  }
+  if (in.t.shape != in.s.shape) throw usage_error("--teacher: shape differs from --student's");
+  in.B = in.s.shape[0];
+  in.L = in.s.shape[1];
+  in.V = in.s.shape[2];
+  if (in.V < 1) throw usage_error("--student: vocabulary dimension is 0");
+  const std::vector<std::int64_t> bl = {in.B, in.L};
+  if (!tok.is_int()) throw usage_error("--tokens: dtype must be int32 or int64");
+  if (tok.shape != bl) throw usage_error("--tokens: shape must be [B, L] of the logits");
+  if (mask.shape != bl) throw usage_error("--mask: shape must be [B, L] of the logits");
+  in.tokens = tok.to_int64();
+  in.mask.resize(static_cast<std::size_t>(in.B * in.L));
+  for (std::int64_t i = 0; i < in.B * in.L; ++i) in.mask[i] = mask.get_double(i) != 0.0 ? 1 : 0;
+  if (a.has("old-logprobs")) {
+    const npy_array old = load(a.str("old-logprobs"), "old-logprobs");
+    if (!old.is_float()) throw usage_error("--old-logprobs: dtype must be float16, float32 or float64");
+    if (old.shape != bl) throw usage_error("--old-logprobs: shape must be [B, L] of the logits");
+    in.old = old.to_float();
+    in.has_old = true;
+  }
+  const bool f64 = in.s.dtype == npy_dtype::f64 || in.t.dtype == npy_dtype::f64;
+  return f64 ? run_typed<double>(in, o, reference, a.str("grad")) : run_typed<float>(in, o, reference, a.str("grad"));
+}
+
+}  // namespace
+
+int cmd_pg(int argc, char** argv) {
+  try {
+    return pg_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kd pg: %s\n", e.what());
+    return 2;
+  }
+}
+
+}  // namespace kdtool
