@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# End-to-end checks of `kd pg` (MiniLLM policy gradient) on the fixtures tests/data/pg_*.npy:
+# B = 2 sequences, L = 3, V = 4; student logits all 0 (q uniform), teacher logits [ln 2, 0, 0, 0] (p = [.4, .2, .2, .2]);
+# tokens [[0, 1, 0], [1, 0, 99]], mask [[1, 1, 1], [1, 1, 0]] (the padded position holds NaN logits and token 99: never read).
+# Rewards: token 0 -> a = ln(0.4 / 0.25) = ln 1.6, token 1 -> b = ln 0.8. Paper length norm: A = mean of future rewards.
+# Usage: pg_cli_test.sh path/to/kd path/to/tests/data
+set -u
+KD="$1"; DATA="$2"; TMP="$(mktemp -d)"; trap 'rm -rf "$TMP"' EXIT
+pass=0; fail=0
+ok()  { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+field() { sed -n "s/.*\"$1\": \([-0-9.eE+]*\).*/\1/p"; }
+first() { sed -n "s/.*\"$1\": \[\[\([-0-9.eE+]*\),.*/\1/p"; }   # first element of a [B, L] array
+near() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= t * (1 + (b < 0 ? -b : b))) }'; }
+IN="--student $DATA/pg_student.npy --teacher $DATA/pg_teacher.npy --tokens $DATA/pg_tokens.npy --mask $DATA/pg_mask.npy"
+A=0.47000362924573558; B=-0.22314355131420976
+
+out=$("$KD" pg $IN --grad "$TMP/g.npy")
+near "$(echo "$out" | first rewards)" $A 1e-6 && ok || bad "reward ln 1.6: $out"
+near "$(echo "$out" | first advantages)" "$(awk -v a=$A -v b=$B 'BEGIN { print (a + b) / 2 }')" 1e-6 && ok || bad "paper advantage: $out"
+near "$(echo "$out" | field token_reverse_kl)" 0.049856757602714 1e-6 && ok || bad "token reverse KL: $out"
+[ "$(echo "$out" | field valid_tokens)" = 5 ] && ok || bad "valid_tokens: $out"
+[ "$(wc -c <"$TMP/g.npy")" = 224 ] && ok || bad "--grad: float32 [2, 3, 4] .npy expected"
+# reference variant: A_0 = (a + b + a) / 3 (current reward included, divided by n_t = 3)
+out=$("$KD" pg $IN --length-norm reference)
+near "$(echo "$out" | first advantages)" "$(awk -v a=$A -v b=$B 'BEGIN { print (2 * a + b) / 3 }')" 1e-6 && ok || bad "reference advantage: $out"
+# the reference backend agrees
+ref=$("$KD" pg $IN --backend reference)
+near "$(echo "$ref" | field loss)" "$(echo "$("$KD" pg $IN)" | field loss)" 1e-6 && ok || bad "reference backend loss"
+# teacher-mixed sampling with old log-probs: per-token weight q / (alpha p + (1 - alpha) q) at token 0 = .25 / (.2*.4 + .8*.25)
+out=$("$KD" pg $IN --alpha 0.2 --old-logprobs "$DATA/pg_old.npy" --clip 0.2 --whiten on --gamma 0.95)
+near "$(echo "$out" | first importance_weights)" 0.89285714285714 1e-6 && ok || bad "importance weight: $out"
+
+expect_exit() {  # expected-code description command...
+  local code="$1" what="$2"; shift 2
+  "$@" >"$TMP/out" 2>"$TMP/err"; local rc=$?
+  if [ "$rc" = "$code" ] && [ "$(wc -l <"$TMP/err")" -le 1 ]; then ok; else bad "$what: exit $rc, stderr: $(cat "$TMP/err")"; fi
+}
+expect_exit 2 "token outside [0, V) at a valid position" "$KD" pg --student "$DATA/pg_student.npy" \
+  --teacher "$DATA/pg_teacher.npy" --tokens "$DATA/pg_tokens_bad.npy" --mask "$DATA/pg_mask.npy"
+expect_exit 2 "mask shape" "$KD" pg --student "$DATA/pg_student.npy" --teacher "$DATA/pg_teacher.npy" \
+  --tokens "$DATA/pg_tokens.npy" --mask "$DATA/pg_mask_badshape.npy"
+expect_exit 2 "float tokens" "$KD" pg --student "$DATA/pg_student.npy" --teacher "$DATA/pg_teacher.npy" \
+  --tokens "$DATA/pg_student.npy" --mask "$DATA/pg_mask.npy"
+expect_exit 2 "2-D logits" "$KD" pg --student "$DATA/caseA_student.npy" --teacher "$DATA/caseA_teacher.npy" \
+  --tokens "$DATA/pg_tokens.npy" --mask "$DATA/pg_mask.npy"
+expect_exit 2 "not a .npy" "$KD" pg --student "$DATA/notnpy.npy" --teacher "$DATA/pg_teacher.npy" \
+  --tokens "$DATA/pg_tokens.npy" --mask "$DATA/pg_mask.npy"
+expect_exit 2 "missing --mask" "$KD" pg --student "$DATA/pg_student.npy" --teacher "$DATA/pg_teacher.npy" \
+  --tokens "$DATA/pg_tokens.npy"
+expect_exit 2 "gamma out of range" "$KD" pg $IN --gamma 2
+expect_exit 2 "bad --length-norm" "$KD" pg $IN --length-norm mean
+expect_exit 2 "bad --single-step" "$KD" pg $IN --single-step maybe
+expect_exit 1 "NaN logits at a valid position" "$KD" pg --student "$DATA/pg_student_nan.npy" \
+  --teacher "$DATA/pg_teacher.npy" --tokens "$DATA/pg_tokens.npy" --mask "$DATA/pg_mask.npy"
+
+echo "pg cli: $pass passed, $fail failed"
+[ "$fail" = 0 ]
