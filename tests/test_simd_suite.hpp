@@ -3,6 +3,8 @@
 
 #include "test_simd_util.hpp"
 
+#include <string_view>
+
 namespace kdst {
 
 inline std::vector<kd::divergence> all_divergences() {
@@ -84,7 +86,7 @@ void run_suite(const Backend& be) {
         check_case<kd::bfloat16, kd::bfloat16>(c, be);
         check_case<kd::half, float>(c, be);
         check_case<kd::half, kd::half>(c, be);
-        check_case<double, double>(c, be);
+        if constexpr (std::string_view(Backend::name()) != "dispatch") check_case<double, double>(c, be);
       }
   }
   SECTION("large logits and low temperature stay finite and accurate") {

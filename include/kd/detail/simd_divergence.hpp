@@ -27,6 +27,14 @@
 #include "../options.hpp"
 #include "simd_row.hpp"
 
+// GCC 12's AVX-512 min/max/scalef intrinsics start from _mm512_undefined_ps(), which -Wmaybe-uninitialized
+// or -Wuninitialized report (GCC bug 105593) wherever they are inlined; the pragmas keep kd's kernels warning-free.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 KD_BEGIN_NAMESPACE
 namespace detail::simd {
 
@@ -195,7 +203,7 @@ inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row
 }
 
 // ----------------------------------------------------------------------------------------------------------------------------
-// Careful-path divergences in (x, y) form. Each has: accumulate(lx, ly) over the row (vector partial sums acc[0..2],
+// Careful-path divergences in (x, y) form (templated on Arch, like everything here, for the one-definition rule). Each has: accumulate(lx, ly) over the row (vector partial sums acc[0..2],
 // mismatch flag), finish(sums) -> loss, and grad(lx, ly) -> (gx, gy) before the scale c. -inf lanes contribute exactly 0.
 
 // log m for m = a x + (1 - a) y in log space; exact (= lx) where lx == ly (both -inf included).
@@ -207,9 +215,9 @@ inline fbatch<A> log_mix(const fbatch<A>& lx, const fbatch<A>& ly, const fbatch<
   return xsimd::select(lx == ly, lx, r);
 }
 
+template <class A>
 struct kl_kernel {  // KL(x || y)
   double loss = 0.0;
-  template <class A>
   void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc, xsimd::batch_bool<float, A>& mm) const noexcept {
     const auto xm = lx == ninf_b<A>();
     mm = mm || (!xm && (ly == ninf_b<A>()));
@@ -219,7 +227,6 @@ struct kl_kernel {  // KL(x || y)
     loss = mismatch ? std::numeric_limits<double>::infinity() : s[0];
     return true;
   }
-  template <class A>
   void grad(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>& gx, fbatch<A>& gy) const noexcept {
     const fbatch<A> x = exp<A>(lx), y = exp<A>(ly);
     gy = y - x;
@@ -228,6 +235,7 @@ struct kl_kernel {  // KL(x || y)
   }
 };
 
+template <class A>
 struct jsd_kernel {  // b KL(x || m) + (1 - b) KL(y || m), m = b x + (1 - b) y
   double beta_d;
   float beta, log_b, log_1mb;
@@ -235,7 +243,6 @@ struct jsd_kernel {  // b KL(x || m) + (1 - b) KL(y || m), m = b x + (1 - b) y
   explicit jsd_kernel(double b)
       : beta_d(b),
         beta(static_cast<float>(b)), log_b(static_cast<float>(std::log(b))), log_1mb(static_cast<float>(std::log1p(-b))) {}
-  template <class A>
   void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc, xsimd::batch_bool<float, A>&) const noexcept {
     const fbatch<A> lm = log_mix<A>(lx, ly, fbatch<A>(log_b), fbatch<A>(log_1mb));
     acc[0] += xsimd::select(lx == ninf_b<A>(), fbatch<A>(0.0f), exp<A>(lx) * (lx - lm));
@@ -247,7 +254,6 @@ struct jsd_kernel {  // b KL(x || m) + (1 - b) KL(y || m), m = b x + (1 - b) y
     loss = beta_d * kx + (1.0 - beta_d) * ky;
     return true;
   }
-  template <class A>
   void grad(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>& gx, fbatch<A>& gy) const noexcept {
     using b = fbatch<A>;
     const b lm = log_mix<A>(lx, ly, b(log_b), b(log_1mb));
@@ -257,6 +263,7 @@ struct jsd_kernel {  // b KL(x || m) + (1 - b) KL(y || m), m = b x + (1 - b) y
   }
 };
 
+template <class A>
 struct skew_kernel {  // KL(x || a x + (1 - a) y)
   float a, log_a, log_1ma;
   double loss = 0.0, yd = 0.0, xh = 0.0;
@@ -264,7 +271,6 @@ struct skew_kernel {  // KL(x || a x + (1 - a) y)
       : a(static_cast<float>(alpha)),
         log_a(static_cast<float>(std::log(alpha))),
         log_1ma(static_cast<float>(std::log1p(-alpha))) {}
-  template <class A>
   void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc, xsimd::batch_bool<float, A>&) const noexcept {
     using b = fbatch<A>;
     const b lm = log_mix<A>(lx, ly, b(log_a), b(log_1ma));
@@ -281,7 +287,6 @@ struct skew_kernel {  // KL(x || a x + (1 - a) y)
     yd = s[2];
     return true;
   }
-  template <class A>
   void grad(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>& gx, fbatch<A>& gy) const noexcept {
     using b = fbatch<A>;
     const b lm = log_mix<A>(lx, ly, b(log_a), b(log_1ma));
@@ -291,17 +296,16 @@ struct skew_kernel {  // KL(x || a x + (1 - a) y)
   }
 };
 
+template <class A>
 struct tvd_kernel {  // (1/2) sum |x - y|
   double loss = 0.0, ys = 0.0, xs = 0.0;
-  template <class A>
   static fbatch<A> sign(const fbatch<A>& v) noexcept {
     using b = fbatch<A>;
     return xsimd::select(v > b(0.0f), b(1.0f), xsimd::select(v < b(0.0f), b(-1.0f), b(0.0f)));
   }
-  template <class A>
   void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc, xsimd::batch_bool<float, A>&) const noexcept {
     const fbatch<A> x = exp<A>(lx), y = exp<A>(ly);
-    const fbatch<A> s = sign<A>(y - x);
+    const fbatch<A> s = sign(y - x);
     acc[0] += xsimd::abs(x - y);
     acc[1] += y * s;
     acc[2] -= x * s;  // x * sign(x - y)
@@ -312,11 +316,10 @@ struct tvd_kernel {  // (1/2) sum |x - y|
     xs = s[2];
     return true;
   }
-  template <class A>
   void grad(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>& gx, fbatch<A>& gy) const noexcept {
     using b = fbatch<A>;
     const b x = exp<A>(lx), y = exp<A>(ly);
-    const b s = sign<A>(y - x);
+    const b s = sign(y - x);
     gy = b(0.5f) * y * (s - b(static_cast<float>(ys)));
     gx = b(0.5f) * x * ((-s) - b(static_cast<float>(xs)));
   }
@@ -359,7 +362,7 @@ inline void careful_row(K kern, bool x_is_student, const row_io<S, P, G>& io, co
     for (std::int64_t j = 0; j < len; j += width<A>) {
       b lx, ly;
       logp(cs, ct, j, len, lx, ly);
-      kern.template accumulate<A>(lx, ly, acc, mm);
+      kern.accumulate(lx, ly, acc, mm);
     }
     for (int i = 0; i < 3; ++i) sums[i] += hsum<A>(acc[i]);
     if (xsimd::any(mm)) mismatch = true;
@@ -388,7 +391,7 @@ inline void careful_row(K kern, bool x_is_student, const row_io<S, P, G>& io, co
     for (std::int64_t j = 0; j < len; j += width<A>) {
       b lx, ly, gx, gy;
       logp(cs, ct, j, len, lx, ly);
-      kern.template grad<A>(lx, ly, gx, gy);
+      kern.grad(lx, ly, gx, gy);
       const b gq = cb * (x_is_student ? gx : gy), gp = cb * (x_is_student ? gy : gx);
       if (gs) store_partial<A>(gs, j, len, gq);
       if (gt) store_partial<A>(gt, j, len, gp);
@@ -414,17 +417,21 @@ inline row_result divergence_row(const divergence& d, const row_io<S, P, G>& io,
   }
   if (kl != 0) {
     if (fused_kl_row<A>(kl == 2, io, rp, res)) return res;
-    careful_row<A>(kl_kernel{}, kl == 2, io, rp, res);
+    careful_row<A>(kl_kernel<A>{}, kl == 2, io, rp, res);
     return res;
   }
   switch (d.kind) {
-    case divergence_kind::jsd: careful_row<A>(jsd_kernel(d.param), false, io, rp, res); break;
-    case divergence_kind::skew_kl: careful_row<A>(skew_kernel(d.param), false, io, rp, res); break;
-    case divergence_kind::skew_reverse_kl: careful_row<A>(skew_kernel(d.param), true, io, rp, res); break;
-    default: careful_row<A>(tvd_kernel{}, false, io, rp, res); break;
+    case divergence_kind::jsd: careful_row<A>(jsd_kernel<A>(d.param), false, io, rp, res); break;
+    case divergence_kind::skew_kl: careful_row<A>(skew_kernel<A>(d.param), false, io, rp, res); break;
+    case divergence_kind::skew_reverse_kl: careful_row<A>(skew_kernel<A>(d.param), true, io, rp, res); break;
+    default: careful_row<A>(tvd_kernel<A>{}, false, io, rp, res); break;
   }
   return res;
 }
 
 }  // namespace detail::simd
 KD_END_NAMESPACE
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

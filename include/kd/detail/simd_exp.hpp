@@ -19,6 +19,14 @@
 
 #include "../version.hpp"
 
+// GCC 12's AVX-512 min/max/scalef intrinsics start from _mm512_undefined_ps(), which -Wmaybe-uninitialized
+// or -Wuninitialized report (GCC bug 105593) wherever they are inlined; the pragmas keep kd's kernels warning-free.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 KD_BEGIN_NAMESPACE
 namespace detail::simd {
 
@@ -68,3 +76,7 @@ inline fbatch<A> exp(fbatch<A> x) noexcept {
 
 }  // namespace detail::simd
 KD_END_NAMESPACE
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

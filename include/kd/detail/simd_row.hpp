@@ -22,6 +22,14 @@
 #include "../tensor.hpp"
 #include "simd_exp.hpp"
 
+// GCC 12's AVX-512 min/max/scalef intrinsics start from _mm512_undefined_ps(), which -Wmaybe-uninitialized
+// or -Wuninitialized report (GCC bug 105593) wherever they are inlined; the pragmas keep kd's kernels warning-free.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 KD_BEGIN_NAMESPACE
 namespace detail::simd {
 
@@ -207,6 +215,7 @@ inline float chunk_max(const float* x, std::int64_t n, float inv_t, nonfinite_fl
 }
 
 // Online log-sum-exp state of one row at temperature: lse = max + log(sum), sum kept relative to the running max.
+template <class A>
 struct online_lse {
   float max = -std::numeric_limits<float>::infinity();
   double sum = 0.0;
@@ -248,8 +257,8 @@ inline double chunk_sum_exp(const float* x, std::int64_t n, float inv_t, float m
 // chunk is scanned for its max, the running sum is rescaled when the max grows, then the chunk's exponentials are summed
 // (read from L1). Returns the state; .value() is the log-sum-exp (NaN / +inf / -inf conventions of the reference backend).
 template <class A, class T>
-inline online_lse row_logsumexp(const T* x, std::int64_t n, float inv_t) noexcept {
-  online_lse st;
+inline online_lse<A> row_logsumexp(const T* x, std::int64_t n, float inv_t) noexcept {
+  online_lse<A> st;
   alignas(64) float buf[chunk];
   for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
     const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
@@ -265,3 +274,7 @@ inline online_lse row_logsumexp(const T* x, std::int64_t n, float inv_t) noexcep
 
 }  // namespace detail::simd
 KD_END_NAMESPACE
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

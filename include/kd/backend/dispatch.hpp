@@ -1,0 +1,68 @@
+// kd::dispatch_backend: the SIMD backend with the instruction set chosen at run time, for programs built without -m flags
+// (PyTorch extensions, distribution packages). Needs the small compiled library kd::dispatch (CMake option KD_BUILD_DISPATCH,
+// x86-64 only), which compiles the kernels of kd/backend/simd.hpp once per instruction set (SSE2, SSE4.2, AVX2+FMA,
+// AVX-512 F/CD/DQ/BW), each in its own translation unit with its own -m flags and Arch in every kernel's template arguments.
+//
+//   target_link_libraries(my_target PRIVATE kd::dispatch)
+//   kd::divergence_loss(d, student, teacher, options, result, outputs, kd::dispatch_backend{});            // best ISA
+//   kd::divergence_loss(..., kd::dispatch_backend{kd::simd_isa::avx2, 2});                                 // forced, 2 threads
+//
+// Element types: student and teacher of the same type, float32, bf16 or fp16; gradient float32 or the input type (other
+// combinations fail to compile with a static_assert; use kd::simd_backend<> for them). Results: those of
+// kd::simd_backend<Arch> for the chosen Arch (bitwise identical for any thread count). Requesting an instruction set the CPU
+// (or the build) lacks returns errc::unsupported naming "backend".
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "../divergence_spec.hpp"
+#include "../options.hpp"
+#include "../status.hpp"
+
+KD_BEGIN_NAMESPACE
+
+enum class simd_isa { best = 0, sse2, sse4_2, avx2, avx512 };
+
+// "best", "sse2", "sse4.2", "avx2", "avx512".
+const char* simd_isa_name(simd_isa isa) noexcept;
+// True when the library was built with kernels for `isa` and this CPU (and OS) supports it; best is always available.
+bool simd_isa_available(simd_isa isa) noexcept;
+// The instruction set simd_isa::best resolves to on this machine.
+simd_isa best_simd_isa() noexcept;
+
+namespace detail {
+
+template <class S, class P, class G>
+inline constexpr bool dispatch_types_supported =
+    std::is_same_v<S, P> && (std::is_same_v<S, float> || std::is_same_v<S, bfloat16> || std::is_same_v<S, half>) &&
+    (std::is_same_v<G, float> || std::is_same_v<G, S>);
+
+// Defined in the library for the supported type combinations. Precondition: arguments validated.
+template <class S, class P, class G>
+status dispatch_divergence(simd_isa isa, int threads, const divergence& d, const student_input<S>& student,
+                           const teacher_input<P>& teacher, const distill_options& opt, loss_result& result,
+                           const distill_outputs<G>& out);
+
+// out[i] = kd::detail::simd::exp(in[i]) with the kernels of `isa` (testing and benchmarking the vector exp).
+status dispatch_exp(simd_isa isa, const float* in, float* out, std::int64_t n) noexcept;
+
+}  // namespace detail
+
+struct dispatch_backend {
+  simd_isa isa = simd_isa::best;
+  int threads = 0;  // 0: std::thread::hardware_concurrency()
+
+  static constexpr const char* name() noexcept { return "dispatch"; }
+
+  template <class S, class P, class G>
+  status run_divergence(const divergence& d, const student_input<S>& student, const teacher_input<P>& teacher,
+                        const distill_options& opt, loss_result& result, const distill_outputs<G>& out) const {
+    static_assert(detail::dispatch_types_supported<S, P, G>,
+                  "kd::dispatch_backend: student and teacher must have the same element type (float, kd::bfloat16 or "
+                  "kd::half) and the gradient must be float or that type; use kd::simd_backend<> otherwise");
+    return detail::dispatch_divergence(isa, threads, d, student, teacher, opt, result, out);
+  }
+};
+
+KD_END_NAMESPACE
