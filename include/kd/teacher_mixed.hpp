@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "backend/reference.hpp"
 #include "detail/reference_math.hpp"
 #include "detail/validate.hpp"
 #include "options.hpp"
