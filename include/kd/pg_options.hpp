@@ -13,7 +13,7 @@
 KD_BEGIN_NAMESPACE
 
 // How the return is normalized by length (the advantage before whitening).
-//   none      : A_t = the return (the unbiased estimator of paper Eq. 3/4).
+//   none      : A_t = the return (the unbiased estimator: the paper's policy gradient before length normalization).
 //   paper     : A_t = the return / (number of rewards it sums): the mean of the future rewards, paper Eq. 6. Eq. 6 prints
 //               1 / (T - t - 1), which is 0 for the last-but-one token; kd reads it as the number of summed terms.
 //               A position with no future reward gets A_t = 0 (never 0/0).
@@ -31,7 +31,7 @@ inline const char* length_norm_name(length_norm n) noexcept {
 
 // Whether the return at t includes the current reward r_t.
 //   by_variant: exclude for length_norm none / paper (R_{t+1}, the paper), include for length_norm reference (the code).
-//   exclude   : R_{t+1}: the single-step term accounts for r_t exactly (paper Eq. 4).
+//   exclude   : R_{t+1}: the single-step term accounts for r_t exactly (the paper's single-step decomposition).
 //   include   : R_t = r_t + gamma R_{t+1} (the reference code; with single_step on, r_t is then counted twice).
 enum class current_reward { by_variant, exclude, include };
 
@@ -45,7 +45,7 @@ struct pg_options {
   double gamma = 1.0;                       // discount in [0, 1] over relative (valid-token) positions
   kd::length_norm length_norm = kd::length_norm::paper;
   kd::current_reward current_reward = kd::current_reward::by_variant;
-  bool single_step = true;                  // add the exact single-step term (paper Eq. 4); reference code: single_step_reg
+  bool single_step = true;                  // add the exact single-step term; reference code: single_step_reg
   bool whiten = false;                      // whiten advantages over the valid positions of the batch
   double reward_scale = 1.0;                // rewards are divided by this (> 0); reference code: reward_scaling
   double reward_clip = 0.0;                 // > 0: clip scaled rewards to [-reward_clip, reward_clip]; 0: off
@@ -58,7 +58,7 @@ struct pg_options {
   kd::reduction reduction = kd::reduction::mean;  // mean (token mean), sum (per-sequence sums) or normalizer; none = sum
   double normalizer = 0.0;                  // > 0, with reduction::normalizer (the global valid-token count)
 
-  // The paper's estimator (Eq. 4-7): R_{t+1} with Eq. 6 length normalization, single-step term, teacher-mixed sampling with
+  // The paper's estimator (Sec. 2.2): R_{t+1} with Eq. 6 length normalization, single-step term, teacher-mixed sampling with
   // alpha = 0.2 and the per-token weight, PPO clip 0.2, no discount, no whitening.
   static pg_options paper() noexcept {
     pg_options o;

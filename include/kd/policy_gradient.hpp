@@ -1,17 +1,18 @@
 // MiniLLM policy gradient for the sequence-level reverse KL, KL(q_student(y|x) || p_teacher(y|x)), as ONE fused call that
 // writes the total gradient with respect to the student logits [B, L, V] and returns diagnostics.
-// Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models", arXiv 2306.08543, Sec. 2.2 (Eq. 3-7); the public
-// reference code is microsoft/LMOps minillm/. Formulas, variants and proofs: docs/policy_gradient.md.
+// Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models", arXiv 2306.08543, Sec. 2.1-2.2 (policy gradient,
+// single-step decomposition, teacher-mixed sampling, length normalization Eq. 6, PPO-style clipping); the public reference
+// code is microsoft/LMOps minillm/. Formulas, variants and proofs: docs/policy_gradient.md.
 //
 // Notation (natural log, nats): q_t = softmax(z_t / T) student, p_t = softmax(z^teacher_t / T) teacher at position t of a
 // sampled response y (prefix y_<t); T = options.temperature.
-//   reward          r_t = log p_t(y_t) - log q_t(y_t)                              (then / reward_scale, clipped to +-reward_clip)
-//   single-step     grad KL(q_t || p_t) w.r.t. row t, exact over the vocabulary:  (1/T) q_j (log(q_j/p_j) - KL_t)   (Eq. 4)
-//   long-term       -(A_t * rho_t) * (onehot(y_t) - q_t) / T                      (Eq. 4, 5, with PPO clipping)
+//   reward          r_t = log p_t(y_t) - log q_t(y_t)          (then / reward_scale, clipped to +-reward_clip)
+//   single-step     grad KL(q_t || p_t) w.r.t. row t, exact over the vocabulary: (1/T) q_j (log(q_j/p_j) - KL_t)
+//   long-term       -(A_t * rho_t) * (onehot(y_t) - q_t) / T   (the sampled part, with PPO clipping)
 //   returns         R_{t+1} = sum_{t'>t} gamma^(t'-t-1) r_t' (paper) or R_t = r_t + gamma R_{t+1} (reference code), over VALID
 //                   positions only (discount counts valid tokens after t: relative positions, padding never enters);
 //                   computed by a backward recursion, never as gamma^t (no underflow, no 0/0).
-//   length_norm     none: A_t = the return;  paper (Eq. 6): the mean of the summed rewards (return / number of rewards summed);
+//   length_norm     none: A_t = the return; paper (Eq. 6): the mean of the summed rewards (return / number of them);
 //                   reference: return / n_t, n_t = valid tokens from t to the end inclusive (LMOps losses.py).
 //   teacher-mixed   sampling from s_t = alpha p_t + (1 - alpha) q_old,t (Sec. 2.2, alpha = 0.2 in the paper); importance
 //                   weight per token w_t = q_old(y_t) / s_t(y_t).
