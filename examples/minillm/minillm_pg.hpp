@@ -14,42 +14,10 @@
 
 #include "kd_torch.hpp"
 
-#if __has_include(<kd/detail/pg_rows.hpp>)
-#define KDT_HAVE_PG 1
 #include <kd/policy_gradient.hpp>
-#else
-#define KDT_HAVE_PG 0
-#endif
 
 namespace kdt {
 
-// TEMPORARY FALLBACK while kd/policy_gradient.hpp is incomplete: single-step term with kd's reverse-KL kernel, long-term
-// term (length-normalized future rewards, per-token importance weights) as a torch surrogate.
-inline Tensor minillm_fallback(const Tensor& sl, const Tensor& tl, const Tensor& y, const Tensor& mask, double alpha,
-                               double* token_rkl) {
-  Tensor m = mask.reshape({-1});
-  const double n = std::max(1.0, m.sum().item<double>());
-  Tensor lq = torch::log_softmax(sl, -1);
-  Tensor lqy = lq.gather(2, y.unsqueeze(2)).squeeze(2);
-  Tensor A, w;
-  {
-    torch::NoGradGuard ng;
-    Tensor lp = torch::log_softmax(tl, -1);
-    Tensor lpy = lp.gather(2, y.unsqueeze(2)).squeeze(2);
-    Tensor qd = lqy.detach();
-    Tensor r = (lpy - qd) * mask;
-    Tensor cs = r.flip({1}).cumsum(1).flip({1}) - r;     // sum_{t'>t} r
-    Tensor cn = mask.flip({1}).cumsum(1).flip({1}) - mask;
-    A = torch::where(cn > 0, cs / cn.clamp_min(1), torch::zeros_like(cs));
-    w = qd.exp() / (alpha * lpy.exp() + (1 - alpha) * qd.exp());
-  }
-  Tensor single = kdt::reverse_kl(sl, tl, m.contiguous(), 1.0, n);
-  if (token_rkl) *token_rkl = single.item<double>();
-  Tensor longterm = -(A * w * mask * lqy).sum() / n;
-  return single + longterm;
-}
-
-#if KDT_HAVE_PG
 struct PolicyGradientFunction : public torch::autograd::Function<PolicyGradientFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& student_logits, const Tensor& teacher_logits,
                         const Tensor& tokens, const Tensor& mask, const kd::pg_options& options, kd::pg_diagnostics* diag) {
@@ -100,5 +68,4 @@ inline Tensor policy_gradient(const Tensor& student_logits, const Tensor& teache
   return PolicyGradientFunction::apply(student_logits, teacher_logits, tokens, mask, options, diag);
 }
 
-#endif
 }  // namespace kdt
