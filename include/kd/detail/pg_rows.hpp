@@ -119,11 +119,13 @@ struct fast_rows {
       b as(0.0f), at(0.0f), ad(0.0f);
       if (teacher) {
         for (std::int64_t j = 0; j < len; j += simd::width<A>) {
-          const b ys = simd::load_padded<A>(cs, j, len, ninf) * it, yt = simd::load_padded<A>(ct, j, len, ninf) * it;
-          const b es = simd::exp<A>(ys - mbs);
+          const b xs = simd::load_padded<A>(cs, j, len, ninf), xt = simd::load_padded<A>(ct, j, len, ninf);
+          const b es = simd::exp<A>(xsimd::fms(xs, it, mbs));
           as += es;
-          at += simd::exp<A>(yt - mbt);
-          ad += xsimd::select(es != zero, es * (ys - yt), zero);  // q_j = 0 contributes 0; p_j = 0 under q_j > 0: +inf
+          at += simd::exp<A>(xsimd::fms(xt, it, mbt));
+          // (xs - xt) / T rather than xs / T - xt / T: exact-ish when the models agree, even at low T (pitfall 14).
+          // q_j = 0 contributes 0; p_j = 0 under q_j > 0 gives +inf (support mismatch).
+          ad += xsimd::select(es != zero, es * ((xs - xt) * it), zero);
         }
       } else {
         for (std::int64_t j = 0; j < len; j += simd::width<A>)
@@ -182,14 +184,15 @@ struct fast_rows {
         const float* ct = simd::load_chunk<A>(zt + j0, len, bt);
         std::int64_t j = 0;
         for (; j + simd::width<A> <= len; j += simd::width<A>) {
-          const b ys = b::load_unaligned(cs + j) * it, yt = b::load_unaligned(ct + j) * it;
-          const b q = simd::exp<A>(ys - ls);
-          xsimd::select(q == zero, zero, q * xsimd::fma(csb, (ys - yt) - kb, c0)).store_unaligned(cg + j);
+          const b xs = b::load_unaligned(cs + j), xt = b::load_unaligned(ct + j);
+          const b q = simd::exp<A>(xsimd::fms(xs, it, ls));
+          xsimd::select(q == zero, zero, q * xsimd::fma(csb, xsimd::fms(xs - xt, it, kb), c0)).store_unaligned(cg + j);
         }
         if (j < len) {
-          const b ys = simd::load_padded<A>(cs, j, len, ninf) * it, yt = simd::load_padded<A>(ct, j, len, 0.0f) * it;
-          const b q = simd::exp<A>(ys - ls);
-          simd::store_partial<A>(cg, j, len, xsimd::select(q == zero, zero, q * xsimd::fma(csb, (ys - yt) - kb, c0)));
+          const b xs = simd::load_padded<A>(cs, j, len, ninf), xt = simd::load_padded<A>(ct, j, len, 0.0f);
+          const b q = simd::exp<A>(xsimd::fms(xs, it, ls));
+          simd::store_partial<A>(cg, j, len,
+                                 xsimd::select(q == zero, zero, q * xsimd::fma(csb, xsimd::fms(xs - xt, it, kb), c0)));
         }
       } else {
         std::int64_t j = 0;
