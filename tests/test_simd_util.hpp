@@ -2,7 +2,7 @@
 //
 // Tolerance model (stated, not tuned): the SIMD backend works in float32, so a log-probability y - lse (y = z / T) carries an
 // absolute error of a few (|y|max + 1) * 2^-24, and so does every term a loss or gradient entry is built from. With
-// e = k * 2^-24 * (|y|max + 1) (k = 32 by default):
+// e = k * 2^-24 * (|y|max + 1) (k = 8 by default):
 //   gradients  |g - g_ref| <= e * (c + |g_ref|) + u * |g_ref|,  c = w T^(t2 ? 2 : 0) / (T * denominator) the row's gradient
 //              scale (the size of the terms the entry is computed from), u half an ulp of the output dtype (bf16 2^-8,
 //              fp16 2^-11, else 0);
@@ -105,7 +105,7 @@ constexpr double out_ulp() {
 }
 
 struct tolerance {
-  double k = 32.0;    // multiples of 2^-24 (|y|max + 1)
+  double k = 8.0;     // multiples of 2^-24 (|y|max + 1)
   double ymax = 0.0;  // max |z| / T over the finite inputs
   double eps() const { return k * std::ldexp(1.0, -24) * (ymax + 1.0); }
 };

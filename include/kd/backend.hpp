@@ -1,13 +1,22 @@
 // Backends are values passed as the last argument of every kd call (CUB/Thrust-style execution policy):
 //   kd::reference_backend{}  scalar double-precision oracle (tests, gradient checks)
-//   kd::default_backend      the best backend compiled in (currently the reference backend; see docs/performance.md)
+//   kd::simd_backend<Arch, Executor>{}  vectorized float32 kernels, threads over rows (kd/backend/simd.hpp)
+//   kd::dispatch_backend{}   the SIMD kernels with the instruction set chosen at run time (kd/backend/dispatch.hpp; needs
+//                            the compiled library kd::dispatch)
+//   kd::default_backend      the best backend compiled in: kd::simd_backend<> for the compile-time best instruction set
+//                            (xsimd::default_arch: build with -march=native or -mavx2 -mfma for more than SSE2), all hardware
+//                            threads; the reference backend where xsimd has no instruction set. See docs/performance.md.
 // A backend is any type with a `run_divergence` member template of the signature used in kd/divergence.hpp.
 #pragma once
 
+#include <type_traits>
+
 #include "backend/reference.hpp"
+#include "backend/simd.hpp"
 
 KD_BEGIN_NAMESPACE
 
-using default_backend = reference_backend;
+using default_backend =
+    std::conditional_t<std::is_same_v<xsimd::default_arch, xsimd::unavailable>, reference_backend, simd_backend<>>;
 
 KD_END_NAMESPACE

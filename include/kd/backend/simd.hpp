@@ -7,8 +7,9 @@
 //   kd::divergence_loss(..., kd::simd_backend<>{kd::thread_executor{2}});                             // 2 threads
 //   kd::divergence_loss(..., kd::simd_backend<xsimd::avx2, my_pool_adaptor>{my_pool_adaptor{...}});  // caller's executor
 //
-// Work: rows are independent; each row is computed by one thread in float32 (fp32 / bf16 / fp16 / fp64 inputs are converted
-// on load; partial sums of each L1-sized chunk are accumulated in double), see detail/simd_divergence.hpp for the kernels.
+// Work: rows are independent; each row is computed by one thread in float32 (fp32 / bf16 / fp16 inputs are converted on
+// load; partial sums of each L1-sized chunk are accumulated in double), see detail/simd_divergence.hpp for the kernels.
+// float64 inputs ask for double precision: they are computed by kd::reference_backend (exact in double, single thread).
 // Determinism: a row's result does not depend on which thread computes it, and per-row losses are summed in row order on
 // the calling thread, so results are bitwise identical for any thread count and across runs (for a fixed Arch).
 // Accuracy versus kd::reference_backend (tests/test_simd_divergence.cpp): float32 rounding of the log-probabilities, i.e.
@@ -30,6 +31,7 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "reference.hpp"
 #include "../detail/row_plan.hpp"
 #include "../detail/simd_divergence.hpp"
 #include "../divergence_spec.hpp"
@@ -216,8 +218,11 @@ struct simd_backend {
   template <class S, class P, class G>
   status run_divergence(const divergence& d, const student_input<S>& student, const teacher_input<P>& teacher,
                         const distill_options& opt, loss_result& result, const distill_outputs<G>& out) const {
-    return detail::simd::drive<Executor, S, P, G>(&detail::simd::process_rows<Arch, S, P, G>, executor, d, student,
-                                                  teacher, opt, result, out);
+    if constexpr (std::is_same_v<S, double> || std::is_same_v<P, double>)
+      return reference_backend{}.run_divergence(d, student, teacher, opt, result, out);
+    else
+      return detail::simd::drive<Executor, S, P, G>(&detail::simd::process_rows<Arch, S, P, G>, executor, d, student,
+                                                    teacher, opt, result, out);
   }
 };
 

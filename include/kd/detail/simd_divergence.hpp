@@ -8,10 +8,11 @@
 // Two paths:
 //  * fused KL (forward_kl, reverse_kl and the endpoints jsd(0|1), skew(0) that are defined as them), used when the row has no
 //    -inf / NaN / +inf: pass A reads both rows once (L1-sized chunks, online max / sum-exp of both sides and the running
-//    sum_j e^{x_j}(y^x_j - y^y_j) with the same rescaling), which gives both log-sum-exps and the loss
-//        KL(x || y) = D / S_x - lse_x + lse_y,   D = sum_j e^{yx_j - M} (yx_j - yy_j),  S_x = sum_j e^{yx_j - M};
-//    pass B reads the rows again (from L2/L3) and writes the gradients
-//        d/dz_y = c (y_j - x_j),   d/dz_x = c x_j ((yx_j - yy_j) - D / S_x).
+//    running D below with the same rescaling), which gives both log-sum-exps and the loss
+//        KL(x || y) = D / S_x - log S_x + log S_y,  u_j = (yx_j - M_x) - (yy_j - M_y),  D = sum_j e^{yx_j - M_x} u_j,
+//        S_x = sum_j e^{yx_j - M_x} (M = running max of y = z / T);
+//    pass B reads the rows again (from L2/L3) and writes the gradients, with lx = (yx - M_x) - log S_x:
+//        d/dz_y = c (y_j - x_j),   d/dz_x = c x_j (lx_j - ly_j - KL).
 //    Exponentials per element: 2 in pass A, 1 (reverse KL, student gradient) or 2 (forward KL) in pass B. Identical rows give
 //    D = 0 and equal log-sum-exps, hence exactly 0 loss and gradient.
 //  * careful (every divergence; KL rows with masked / non-finite entries): pass 1 log-sum-exps (reporting NaN / +inf like
@@ -98,13 +99,18 @@ inline void fill_row(G* g, std::int64_t n, float v) noexcept {
 // ----------------------------------------------------------------------------------------------------------------------------
 // Fused two-pass KL(x || y). x_is_student selects reverse KL (x = q) or forward KL (x = p). Returns false when the row has a
 // non-finite value in pass A (nothing has been written then): the caller takes the careful path.
+// Precision: log-probabilities are formed as (y - M) - log S, never y - lse: y - M is exact near the max (where the mass is)
+// and log S <= log V is small, so float32 rounding stays near 2^-24 * log V instead of 2^-24 * |lse|; likewise D is
+// accumulated over u = (y_x - M_x) - (y_y - M_y) and re-based when a running max moves.
 template <class A, class S, class P, class G>
 inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row_params& rp, row_result& res) noexcept {
   using b = fbatch<A>;
+  constexpr float ninf = -std::numeric_limits<float>::infinity();
   const std::int64_t n = io.n;
   const b it(rp.inv_t);
   alignas(64) float bs[chunk], bt[chunk];
-  float ms = -std::numeric_limits<float>::infinity(), mt = ms;
+  float ms = ninf, mt = ninf;
+  // ss, st: sum exp(y - M) per side; dd: sum_x e_x ((y_x - M_x) - (y_y - M_y)), e_x = exp(y_x - M_x), both w.r.t. current maxes.
   double ss = 0.0, st = 0.0, dd = 0.0;
   nonfinite_flags flags;
   // Pass A: online max / sum-exp of both rows plus D, chunk by chunk.
@@ -114,44 +120,46 @@ inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row
     const float* ct = load_chunk<A>(io.zt + j0, len, bt);
     const float cms = chunk_max<A>(cs, len, rp.inv_t, flags);
     const float cmt = chunk_max<A>(ct, len, rp.inv_t, flags);
-    constexpr float ninf = -std::numeric_limits<float>::infinity();
     if (flags.nan || flags.pinf || cms == ninf || cmt == ninf) return false;
-    if (cms > ms) {
-      const double f = std::exp(static_cast<double>(ms) - cms);
-      ss *= f;
-      if (x_is_student) dd *= f;
-      ms = cms;
-    }
-    if (cmt > mt) {
-      const double f = std::exp(static_cast<double>(mt) - cmt);
-      st *= f;
-      if (!x_is_student) dd *= f;
-      mt = cmt;
+    const float ns = cms > ms ? cms : ms, nt = cmt > mt ? cmt : mt;
+    if (ns != ms || nt != mt) {
+      const double fs = std::exp(static_cast<double>(ms) - ns), ft = std::exp(static_cast<double>(mt) - nt);
+      const double sx = x_is_student ? ss : st;
+      if (sx > 0.0) {  // re-base u: (y_x - M_x') - (y_y - M_y') = u - ((M_x' - M_x) - (M_y' - M_y))
+        const double shift = x_is_student ? (double(ns) - ms) - (double(nt) - mt) : (double(nt) - mt) - (double(ns) - ms);
+        dd = (dd - sx * shift) * (x_is_student ? fs : ft);
+      }
+      ss *= fs;
+      st *= ft;
+      ms = ns;
+      mt = nt;
     }
     const b mbs(ms), mbt(mt);
     b as(0.0f), at(0.0f), ad(0.0f);
     std::int64_t j = 0;
     for (; j + width<A> <= len; j += width<A>) {
-      const b ys = b::load_unaligned(cs + j) * it, yt = b::load_unaligned(ct + j) * it;
-      const b es = exp<A>(ys - mbs), et = exp<A>(yt - mbt);
+      const b us = xsimd::fms(b::load_unaligned(cs + j), it, mbs), ut = xsimd::fms(b::load_unaligned(ct + j), it, mbt);
+      const b es = exp<A>(us), et = exp<A>(ut);
       as += es;
       at += et;
-      ad = x_is_student ? xsimd::fma(es, ys - yt, ad) : xsimd::fma(et, yt - ys, ad);
+      ad = x_is_student ? xsimd::fma(es, us - ut, ad) : xsimd::fma(et, ut - us, ad);
     }
     if (j < len) {  // tail: pad with 0 (finite), mask the contributions
       const auto m = lane_mask<A>(len - j);
-      const b ys = load_padded<A>(cs, j, len, 0.0f) * it, yt = load_padded<A>(ct, j, len, 0.0f) * it;
-      const b es = xsimd::select(m, exp<A>(ys - mbs), b(0.0f)), et = xsimd::select(m, exp<A>(yt - mbt), b(0.0f));
+      const b us = xsimd::fms(load_padded<A>(cs, j, len, 0.0f), it, mbs);
+      const b ut = xsimd::fms(load_padded<A>(ct, j, len, 0.0f), it, mbt);
+      const b es = xsimd::select(m, exp<A>(us), b(0.0f)), et = xsimd::select(m, exp<A>(ut), b(0.0f));
       as += es;
       at += et;
-      ad = x_is_student ? xsimd::fma(es, ys - yt, ad) : xsimd::fma(et, yt - ys, ad);
+      ad = x_is_student ? xsimd::fma(es, us - ut, ad) : xsimd::fma(et, ut - us, ad);
     }
     ss += hsum<A>(as);
     st += hsum<A>(at);
     dd += hsum<A>(ad);
   }
   if (!(std::isfinite(ss) && std::isfinite(st) && std::isfinite(dd))) return false;
-  const double lse_s = ms + std::log(ss), lse_t = mt + std::log(st);
+  const double lns = std::log(ss), lnt = std::log(st);
+  const double lse_s = ms + lns, lse_t = mt + lnt;
   if (rp.check_student_norm && std::abs(lse_s) > 0.05) {
     res = {std::numeric_limits<double>::quiet_NaN(), row_error::student_not_normalized, lse_s};
     return true;
@@ -160,14 +168,14 @@ inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row
     res = {std::numeric_limits<double>::quiet_NaN(), row_error::teacher_not_normalized, lse_t};
     return true;
   }
-  const double sx = x_is_student ? ss : st;
-  const double k = dd / sx;  // = KL + lse_x - lse_y
-  res.loss = x_is_student ? k - lse_s + lse_t : k - lse_t + lse_s;
+  // KL(x || y) = sum_j x_j (lx_j - ly_j) = D / S_x - log S_x + log S_y, with lx = (y_x - M_x) - log S_x.
+  const double kl = x_is_student ? dd / ss - lns + lnt : dd / st - lnt + lns;
+  res.loss = kl;
   res.error = row_error::none;
   if (!io.gs && !io.gt) return true;
 
-  // Pass B: gradients. x = exp(yx - lse_x), y = exp(yy - lse_y).
-  const b ls(static_cast<float>(lse_s)), lt(static_cast<float>(lse_t)), kb(static_cast<float>(k)), cb(rp.c);
+  // Pass B: gradients. lq = (ys - Ms) - log Ss, q = exp(lq) (same for p).
+  const b mbs(ms), mbt(mt), ls(static_cast<float>(lns)), lt(static_cast<float>(lnt)), kb(static_cast<float>(kl)), cb(rp.c);
   grad_sink<A, G> ogs{io.gs, {}}, ogt{io.gt, {}};
   for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
     const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
@@ -177,24 +185,24 @@ inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row
     ogt.dst = io.gt ? io.gt + j0 : nullptr;
     float* gs = io.gs ? ogs.target() : nullptr;
     float* gt = io.gt ? ogt.target() : nullptr;
-    // Specialized loops for the common cases keep the hot loop free of branches.
-    auto body = [&](std::int64_t j, const b& ys, const b& yt, auto store) {
-      if (x_is_student) {  // reverse KL: gq = c q ((ys - yt) - k), gp = c (p - q)
-        const b q = exp<A>(ys - ls);
-        if (gs) store(gs, j, cb * q * ((ys - yt) - kb));
-        if (gt) store(gt, j, cb * (exp<A>(yt - lt) - q));
-      } else {  // forward KL: gq = c (q - p), gp = c p ((yt - ys) - k)
-        const b p = exp<A>(yt - lt);
-        if (gs) store(gs, j, cb * (exp<A>(ys - ls) - p));
-        if (gt) store(gt, j, cb * p * ((yt - ys) - kb));
+    auto body = [&](std::int64_t j, const b& zs, const b& zt, auto store) {
+      const b lq = xsimd::fms(zs, it, mbs) - ls, lp = xsimd::fms(zt, it, mbt) - lt;
+      if (x_is_student) {  // reverse KL: gq = c q (lq - lp - KL), gp = c (p - q)
+        const b q = exp<A>(lq);
+        if (gs) store(gs, j, cb * q * ((lq - lp) - kb));
+        if (gt) store(gt, j, cb * (exp<A>(lp) - q));
+      } else {  // forward KL: gq = c (q - p), gp = c p (lp - lq - KL)
+        const b p = exp<A>(lp);
+        if (gs) store(gs, j, cb * (exp<A>(lq) - p));
+        if (gt) store(gt, j, cb * p * ((lp - lq) - kb));
       }
     };
     std::int64_t j = 0;
     for (; j + width<A> <= len; j += width<A>)
-      body(j, b::load_unaligned(cs + j) * it, b::load_unaligned(ct + j) * it,
+      body(j, b::load_unaligned(cs + j), b::load_unaligned(ct + j),
            [](float* g, std::int64_t jj, const b& v) { v.store_unaligned(g + jj); });
     if (j < len)
-      body(j, load_padded<A>(cs, j, len, 0.0f) * it, load_padded<A>(ct, j, len, 0.0f) * it,
+      body(j, load_padded<A>(cs, j, len, 0.0f), load_padded<A>(ct, j, len, 0.0f),
            [len](float* g, std::int64_t jj, const b& v) { store_partial<A>(g, jj, len, v); });
     if (io.gs) ogs.flush(len);
     if (io.gt) ogt.flush(len);
@@ -332,20 +340,22 @@ inline void careful_row(K kern, bool x_is_student, const row_io<S, P, G>& io, co
   const std::int64_t n = io.n;
   constexpr double nan = std::numeric_limits<double>::quiet_NaN();
   // Pass 1: log-sum-exps, with the reference's error order.
-  const double lse_s = row_logsumexp<A>(io.zs, n, rp.inv_t).value();
-  const double lse_t = row_logsumexp<A>(io.zt, n, rp.inv_t).value();
+  const online_lse<A> st_s = row_logsumexp<A>(io.zs, n, rp.inv_t), st_t = row_logsumexp<A>(io.zt, n, rp.inv_t);
+  const double lse_s = st_s.value(), lse_t = st_t.value();
   if (!std::isfinite(lse_s)) { res = {nan, row_error::student_non_finite, lse_s}; return; }
   if (!std::isfinite(lse_t)) { res = {nan, row_error::teacher_non_finite, lse_t}; return; }
   if (rp.check_student_norm && std::abs(lse_s) > 0.05) { res = {nan, row_error::student_not_normalized, lse_s}; return; }
   if (rp.check_teacher_norm && std::abs(lse_t) > 0.05) { res = {nan, row_error::teacher_not_normalized, lse_t}; return; }
 
-  const b it(rp.inv_t), ls(static_cast<float>(lse_s)), lt(static_cast<float>(lse_t));
+  // Log-probabilities as (y - M) - log S (see fused_kl_row for why).
+  const b it(rp.inv_t), ms(st_s.max), mt(st_t.max), ls(static_cast<float>(std::log(st_s.sum))),
+      lt(static_cast<float>(std::log(st_t.sum)));
   const float ninf = -std::numeric_limits<float>::infinity();
   alignas(64) float bs[chunk], bt[chunk];
   // x / y log-probs of the batch at j of the current chunk (tail lanes padded with -inf: they contribute 0).
   auto logp = [&](const float* cs, const float* ct, std::int64_t j, std::int64_t len, b& lx, b& ly) {
-    const b lq = xsimd::fms(load_padded<A>(cs, j, len, ninf), it, ls);
-    const b lp = xsimd::fms(load_padded<A>(ct, j, len, ninf), it, lt);
+    const b lq = xsimd::fms(load_padded<A>(cs, j, len, ninf), it, ms) - ls;
+    const b lp = xsimd::fms(load_padded<A>(ct, j, len, ninf), it, mt) - lt;
     lx = x_is_student ? lq : lp;
     ly = x_is_student ? lp : lq;
   };
