@@ -140,6 +140,9 @@ struct fast_rows {
       return 1;
     }
     s.lse_s = static_cast<double>(ms) + std::log(ss);
+    // A NaN makes the sum NaN. (chunk_max's NaN flag is not relied on: on AVX/AVX-512 xsimd's `x != x` is an ordered
+    // compare, false for NaN.)
+    if (!std::isfinite(s.lse_s)) return 1;
     if (s.y_lm >= 0) s.lq_lm = static_cast<double>(simd::elem_to_float<A>(zs[s.y_lm]) * inv_t) - s.lse_s;
     if (!teacher) return 0;
     if (mt == ninf) {
@@ -147,6 +150,7 @@ struct fast_rows {
       return 2;
     }
     s.lse_t = static_cast<double>(mt) + std::log(st);
+    if (!std::isfinite(s.lse_t)) return 2;
     s.lq_y = static_cast<double>(simd::elem_to_float<A>(zs[s.y]) * inv_t) - s.lse_s;
     s.lp_y = static_cast<double>(simd::elem_to_float<A>(zt[s.y]) * inv_t) - s.lse_t;
     // KL(q || p) = sum_j q_j (ys_j - yt_j) - lse_s + lse_t = dd / ss - lse_s + lse_t; identical rows give exactly 0.
