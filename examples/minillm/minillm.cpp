@@ -68,6 +68,9 @@ struct config {
   int eval_prompts = 128, eval_every = 20, monitor_prompts = 32;
   double teacher_lr = 2e-3, student_lr = 5e-4;
   double alpha = 0.2, lm_weight = 1.0, gkd_beta = 0.5;
+  std::string pg_variant = "paper";  // kd::pg_options preset: paper | reference (LMOps code: r_t included, gamma 0.95,
+                                     // divide by n_t, whitened advantages)
+  double pg_clip = 0.0;              // PPO clip range (0: off; one on-policy update per rollout)
   double heldout_fraction = 0.05;
   int max_records = 0;  // 0: all
   std::uint64_t seed = 1;
@@ -107,6 +110,8 @@ const char* kUsage =
     "  --prompt-len N --gen-len N   prompt tokens (8) and response tokens (24)\n"
     "  --eval-prompts N     held-out prompts for the final evaluation (128)\n"
     "  --alpha X            MiniLLM teacher-mix ratio (0.2); --lm-weight X MiniLLM LM term (1); --gkd-beta X (0.5)\n"
+    "  --pg-variant NAME    MiniLLM estimator preset: paper (Eq. 4-7, default) or reference (LMOps code defaults)\n"
+    "  --pg-clip X          MiniLLM PPO clip range (0 = off, default: one on-policy update per rollout)\n"
     "  --teacher-lr X --student-lr X   (2e-3, 5e-4)\n"
     "  --max-records N      use at most N corpus records (0: all)\n"
     "  --seed N             (1); a fixed seed makes the run reproducible\n"
@@ -164,6 +169,11 @@ config parse_args(int argc, char** argv) {
     else if (f == "--alpha") c.alpha = to_double(f, need(i), 0.0, 1.0);
     else if (f == "--lm-weight") c.lm_weight = to_double(f, need(i), 0.0, 1e6);
     else if (f == "--gkd-beta") c.gkd_beta = to_double(f, need(i), 0.0, 1.0);
+    else if (f == "--pg-variant") {
+      c.pg_variant = need(i);
+      if (c.pg_variant != "paper" && c.pg_variant != "reference")
+        throw usage_error("--pg-variant must be paper or reference, got '" + c.pg_variant + "'");
+    } else if (f == "--pg-clip") c.pg_clip = to_double(f, need(i), 0.0, 0.99);
     else if (f == "--teacher-lr") c.teacher_lr = to_double(f, need(i), 0.0, 1.0);
     else if (f == "--student-lr") c.student_lr = to_double(f, need(i), 0.0, 1.0);
     else if (f == "--max-records") c.max_records = to_int(f, need(i), 0);
@@ -779,7 +789,7 @@ eval_result evaluate(GPT& m, GPT& teacher, const dataset& ds, spm_tokenizer& sp,
 struct log_row {
   std::string phase, method;
   int step;
-  double loss, aux1, aux2, lr, elapsed;
+  double loss, aux1, aux2, lr, grad_norm, elapsed;
 };
 
 struct curve_point {
@@ -916,12 +926,12 @@ struct trainer {
       Tensor loss = lm_loss(m, lm_batch(ds, batch, cfg.ctx, rng));
       opt.zero_grad();
       loss.backward();
-      torch::nn::utils::clip_grad_norm_(m->parameters(), 1.0);
+      const double gn = torch::nn::utils::clip_grad_norm_(m->parameters(), 1.0);
       opt.step();
       const double l = loss.item<double>();
       losses.push_back(l);
       ema = s == 0 ? l : 0.95 * ema + 0.05 * l;
-      log.push_back({name, name, s, l, 0, 0, cur, seconds_since(t0)});
+      log.push_back({name, name, s, l, 0, 0, cur, gn, seconds_since(t0)});
       bar.update(s + 1, "loss " + fmt("%.3f", ema));
     }
     bar.finish("loss " + fmt("%.3f", ema));
@@ -1022,9 +1032,9 @@ struct trainer {
         Tensor y = gen.tokens.narrow(1, prompts.size(1), G).contiguous();
         // One fused kd call: single-step reverse KL (exact over the vocabulary) + long-term policy gradient with
         // length-normalized returns (paper Eq. 6) and per-token importance weights for teacher-mixed sampling.
-        kd::pg_options po = kd::pg_options::paper();
+        kd::pg_options po = cfg.pg_variant == "paper" ? kd::pg_options::paper() : kd::pg_options::reference_code();
         po.alpha = cfg.alpha;
-        po.clip_range = 0.0;  // one on-policy update per rollout: the PPO ratio is the importance weight only
+        po.clip_range = cfg.pg_clip;  // default 0: one on-policy update per rollout, the ratio is the importance weight
         kd::pg_diagnostics diag;
         Tensor pg = kdt::policy_gradient(sl, tl, y, gen.mask.contiguous(), po, &diag);
         aux1 = diag.token_reverse_kl;
@@ -1034,12 +1044,12 @@ struct trainer {
       }
       opt.zero_grad();
       loss.backward();
-      torch::nn::utils::clip_grad_norm_(s->parameters(), 1.0);
+      const double gn = torch::nn::utils::clip_grad_norm_(s->parameters(), 1.0);  // norm before clipping
       opt.step();
       const double l = loss.item<double>();
       if (!std::isfinite(l)) throw fatal(method + ": loss is not finite at step " + std::to_string(step));
       ema = step == 0 ? l : 0.9 * ema + 0.1 * l;
-      log.push_back({"distill", method, step, l, aux1, aux2, cfg.student_lr, seconds_since(t0)});
+      log.push_back({"distill", method, step, l, aux1, aux2, cfg.student_lr, gn, seconds_since(t0)});
       if ((step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps) monitor(step + 1);
       bar.update(step + 1, "loss " + fmt("%.4f", ema));
     }
@@ -1168,10 +1178,12 @@ int run(int argc, char** argv) {
   write(out / "samples.txt", samples.str());
   {
     std::ostringstream csv;
-    csv << "phase,method,step,loss,aux1,aux2,lr,elapsed_s\n";
+    // aux1: MiniLLM's mean token reverse KL on its samples; aux2: its LM loss; grad_norm: before clipping to 1.
+    csv << "phase,method,step,loss,aux1,aux2,lr,grad_norm,elapsed_s\n";
     for (const auto& l : tr.log)
       csv << l.phase << "," << l.method << "," << l.step << "," << fmt("%.6g", l.loss) << "," << fmt("%.6g", l.aux1)
-          << "," << fmt("%.6g", l.aux2) << "," << fmt("%.6g", l.lr) << "," << fmt("%.3f", l.elapsed) << "\n";
+          << "," << fmt("%.6g", l.aux2) << "," << fmt("%.6g", l.lr) << "," << fmt("%.6g", l.grad_norm) << ","
+          << fmt("%.3f", l.elapsed) << "\n";
     write(out / "train_log.csv", csv.str());
     std::ostringstream ev;
     ev << "method,step,heldout_nll,seq_rkl\n";
