@@ -112,15 +112,14 @@ inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row
   float ms = ninf, mt = ninf;
   // ss, st: sum exp(y - M) per side; dd: sum_x e_x ((y_x - M_x) - (y_y - M_y)), e_x = exp(y_x - M_x), both w.r.t. current maxes.
   double ss = 0.0, st = 0.0, dd = 0.0;
-  nonfinite_flags flags;
   // Pass A: online max / sum-exp of both rows plus D, chunk by chunk.
   for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
     const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
     const float* cs = load_chunk<A>(io.zs + j0, len, bs);
     const float* ct = load_chunk<A>(io.zt + j0, len, bt);
-    const float cms = chunk_max<A>(cs, len, rp.inv_t, flags);
-    const float cmt = chunk_max<A>(ct, len, rp.inv_t, flags);
-    if (flags.nan || flags.pinf || cms == ninf || cmt == ninf) return false;
+    // max(z) / T == max(z / T) (T > 0, rounding is monotonic). NaN / +inf show up as NaN sums below.
+    const float cms = chunk_max_raw<A>(cs, len) * rp.inv_t, cmt = chunk_max_raw<A>(ct, len) * rp.inv_t;
+    if (!(cms > ninf && cmt > ninf)) return false;  // a fully masked chunk (or a NaN max): careful path
     const float ns = cms > ms ? cms : ms, nt = cmt > mt ? cmt : mt;
     if (ns != ms || nt != mt) {
       const double fs = std::exp(static_cast<double>(ms) - ns), ft = std::exp(static_cast<double>(mt) - nt);

@@ -214,6 +214,22 @@ inline float chunk_max(const float* x, std::int64_t n, float inv_t, nonfinite_fl
   return m;
 }
 
+// Maximum of raw values over a float chunk (no temperature, no NaN check: for callers that detect non-finite values
+// later, e.g. through NaN sums). Two accumulators hide the max latency; the tail is padded with -inf.
+template <class A>
+inline float chunk_max_raw(const float* x, std::int64_t n) noexcept {
+  using b = fbatch<A>;
+  constexpr float ninf = -std::numeric_limits<float>::infinity();
+  b m0(ninf), m1(ninf);
+  std::int64_t j = 0;
+  for (; j + 2 * width<A> <= n; j += 2 * width<A>) {
+    m0 = xsimd::max(m0, b::load_unaligned(x + j));
+    m1 = xsimd::max(m1, b::load_unaligned(x + j + width<A>));
+  }
+  for (; j < n; j += width<A>) m0 = xsimd::max(m0, load_padded<A>(x, j, n, ninf));
+  return hmax<A>(xsimd::max(m0, m1));
+}
+
 // Online log-sum-exp state of one row at temperature: lse = max + log(sum), sum kept relative to the running max.
 template <class A>
 struct online_lse {
