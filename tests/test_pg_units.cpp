@@ -735,3 +735,26 @@ TEST_CASE("pg: low temperature (T = 0.05) stays finite and close to the referenc
     CHECK(worst < 5e-5 * gmax);  // measured 1.8e-5 at T = 0.05 (float rounding of logits / T ~ 150)
   }
 }
+
+TEST_CASE("pg_advantages: the fused call's advantages from its own rewards", "[pg][returns]") {
+  batch bt(5, 7, 31, 404);
+  for (const kd::pg_options& o : {kd::pg_options::reference_code(), kd::pg_options::paper()}) {
+    const auto res = run(bt, o, true);
+    REQUIRE(res.st.ok());
+    std::vector<float> a(res.rewards.size(), 555.0f);
+    REQUIRE(kd::pg_advantages(res.rewards.data(), kd::mask_view(bt.mask.data(), bt.B * bt.L), bt.B, bt.L, o, a.data()).ok());
+    for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i] == Approx(res.adv[i]).epsilon(1e-6).margin(1e-6));
+  }
+  // errors before output
+  std::vector<float> r = {1.0f, std::nanf(""), 2.0f}, a(3, 555.0f);
+  const std::uint8_t m[3] = {1, 1, 0};
+  const kd::status st = kd::pg_advantages(r.data(), kd::mask_view(m, 3), 1, 3, kd::pg_options{}, a.data());
+  CHECK(st.code == kd::errc::invalid_argument);
+  CHECK(std::string(st.argument) == "rewards");
+  CHECK(a[0] == 555.0f);
+  const std::uint8_t m2[3] = {1, 0, 1};  // the NaN is padding: never read
+  REQUIRE(kd::pg_advantages(r.data(), kd::mask_view(m2, 3), 1, 3, kd::pg_options{}, a.data()).ok());
+  CHECK(a[0] == Approx(2.0f));  // paper: mean of the one future reward
+  CHECK(a[1] == 0.0f);
+  CHECK(a[2] == 0.0f);
+}

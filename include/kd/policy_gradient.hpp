@@ -61,7 +61,9 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <type_traits>
+#include <vector>
 
 #include "backend.hpp"
 #include "backend/simd.hpp"
@@ -147,6 +149,41 @@ status validate_pg_call(const student_input<S>& student, const teacher_input<P>&
 }
 
 }  // namespace detail
+
+// Advantages from given per-position rewards (for trainers that compute rewards elsewhere), exactly as the fused call forms
+// them with per-token importance weights: discounted returns over valid positions (gamma, current_reward), length
+// normalization (length_norm), then whitening (whiten). Other options are ignored.
+//   rewards     [batch * time] float, nats; read only at valid positions
+//   mask        [batch * time] validity (empty = all valid)
+//   advantages  [batch * time] float out (0 at padding); may alias rewards
+// Errors (errc::invalid_argument, before any output is written): null pointers, negative sizes, a mask of the wrong size,
+// options out of range, a non-finite reward at a valid position.
+inline status pg_advantages(const float* rewards, const mask_view& mask, std::int64_t batch, std::int64_t time,
+                            const pg_options& options, float* advantages) {
+  if (batch < 0) return make_error(errc::invalid_argument, "batch", "must be >= 0", double(batch));
+  if (time < 0) return make_error(errc::invalid_argument, "time", "must be >= 0", double(time));
+  const std::int64_t n = batch * time;
+  if (n > 0 && rewards == nullptr) return make_error(errc::invalid_argument, "rewards", "is null");
+  if (n > 0 && advantages == nullptr) return make_error(errc::invalid_argument, "advantages", "is null");
+  if (!mask.empty() && mask.size != n)
+    return make_error(errc::invalid_argument, "mask", "must have batch * time entries", double(mask.size));
+  if (status s = validate_pg_options(options); !s) return s;
+  std::vector<double> r(static_cast<std::size_t>(n)), a(static_cast<std::size_t>(n));
+  std::unique_ptr<bool[]> valid(new bool[static_cast<std::size_t>(n > 0 ? n : 1)]());
+  for (std::int64_t i = 0; i < n; ++i) {
+    valid[i] = mask.empty() || mask[i];
+    if (!valid[i]) continue;
+    if (!std::isfinite(rewards[i]))
+      return make_error(errc::invalid_argument, "rewards", "must be finite at valid positions", rewards[i], i);
+    r[i] = rewards[i];
+  }
+  for (std::int64_t b = 0; b < batch; ++b)
+    detail::pg::sequence_returns(r.data() + b * time, valid.get() + b * time, nullptr, time, options.gamma,
+                                 options.length_norm, options.includes_current_reward(), false, a.data() + b * time);
+  if (options.whiten) detail::pg::whiten(a.data(), valid.get(), n);
+  for (std::int64_t i = 0; i < n; ++i) advantages[i] = valid[i] ? static_cast<float>(a[i]) : 0.0f;
+  return ok_status();
+}
 
 // The fused MiniLLM policy-gradient step (see the top of this file).
 //   student   kd::student_logits(ptr, B*L, V[, row_stride]) (float, double, kd::bfloat16, kd::half; log-probs accepted too)
