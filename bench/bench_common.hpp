@@ -53,10 +53,30 @@ struct buffers {
   std::unique_ptr<T[]> s, t, g;
 };
 
+// Frees the buffers of the element type used last (only one type's buffers are alive at a time: they can be gigabytes).
+inline void (*&release_last())() {
+  static void (*f)() = nullptr;
+  return f;
+}
+
+template <class T>
+buffers<T>& cache() {
+  static buffers<T> b;
+  return b;
+}
+
 template <class T>
 buffers<T>& get_buffers(std::int64_t rows, std::int64_t cols) {
-  static buffers<T> b;
+  buffers<T>& b = cache<T>();
   if (b.rows != rows || b.cols != cols) {
+    if (release_last()) release_last()();
+    release_last() = [] {
+      buffers<T>& x = cache<T>();
+      x.s.reset();
+      x.t.reset();
+      x.g.reset();
+      x.rows = x.cols = 0;
+    };
     b.s.reset();
     b.t.reset();
     b.g.reset();
