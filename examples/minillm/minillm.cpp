@@ -1203,9 +1203,9 @@ int run(int argc, char** argv) {
     // Plot: teacher LM loss; distillation loss per method; monitored held-out NLL and sequence RKL; final metrics.
     std::ostringstream svg;
     const double W = 460, H = 280;
-    svg << "<svg xmlns='http://www.w3.org/2000/svg' width='" << 3 * W << "' height='" << 2 * H
+    svg << "<svg xmlns='http://www.w3.org/2000/svg' width='" << 4 * W << "' height='" << 2 * H
         << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n";
-    std::vector<series> lm, dl, hn, sr;
+    std::vector<series> lm, dl, hn, sr, gn;
     for (std::string ph : {"teacher", "student-init"}) {
       series s{ph, ph == "teacher" ? "#444444" : "#999999", {}};
       double e = 0;
@@ -1218,32 +1218,42 @@ int run(int argc, char** argv) {
       lm.push_back(s);
     }
     for (const auto& m : methods) {
-      series a{m, kColor.at(m), {}}, b{m, kColor.at(m), {}}, c{m, kColor.at(m), {}};
-      double e = 0;
+      // MiniLLM's total loss is dominated by its LM term (~5 nats): plot its single-step token reverse KL instead, so the
+      // panel compares divergences on one scale.
+      series a{m == "minillm" ? "minillm (token RKL term)" : m, kColor.at(m), {}}, b{m, kColor.at(m), {}},
+          c{m, kColor.at(m), {}}, g{m, kColor.at(m), {}};
+      double e = 0, eg = 0;
       int k = 0;
       for (const auto& l : tr.log)
         if (l.method == m) {
-          e = k++ == 0 ? l.loss : 0.9 * e + 0.1 * l.loss;
+          const double v = m == "minillm" ? l.aux1 : l.loss;
+          e = k == 0 ? v : 0.9 * e + 0.1 * v;
+          eg = k++ == 0 ? l.grad_norm : 0.9 * eg + 0.1 * l.grad_norm;
           a.pts.push_back({double(l.step), e});
+          g.pts.push_back({double(l.step), eg});
         }
       for (const auto& cp : tr.curves)
         if (cp.method == m) {
           b.pts.push_back({double(cp.step), cp.heldout_nll});
           c.pts.push_back({double(cp.step), cp.seq_rkl});
         }
+      gn.push_back(g);
       dl.push_back(a), hn.push_back(b), sr.push_back(c);
     }
     svg_lines(svg, 0, 0, W, H, "LM training loss (nats/token, EMA)", "step", lm);
-    svg_lines(svg, W, 0, W, H, "distillation loss, own objective (EMA)", "step", dl);
+    svg_lines(svg, W, 0, W, H, "distillation loss, own divergence (nats/token, EMA)", "step", dl);
     svg_lines(svg, 2 * W, 0, W, H, "held-out NLL (nats/token)", "distillation step", hn);
     svg_lines(svg, 0, H, W, H, "seq. reverse KL on student samples (nats/seq)", "distillation step", sr);
-    std::vector<std::tuple<std::string, std::string, double>> b1, b2;
+    std::vector<std::tuple<std::string, std::string, double>> b1, b2, b3;
     for (const auto& r : rows) {
       b1.emplace_back(r, kColor.at(r), res[r].teacher_nll);
       b2.emplace_back(r, kColor.at(r), res[r].heldout_nll);
+      b3.emplace_back(r, kColor.at(r), res[r].seq_rkl);
     }
     svg_bars(svg, W, H, W, H, "final: teacher NLL of samples (lower = more teacher-like)", b1);
     svg_bars(svg, 2 * W, H, W, H, "final: held-out NLL of real text", b2);
+    svg_lines(svg, 3 * W, 0, W, H, "gradient norm before clipping to 1 (EMA)", "distillation step", gn);
+    svg_bars(svg, 3 * W, H, W, H, "final: seq. reverse KL to the teacher (nats/seq)", b3);
     svg << "</svg>\n";
     write(out / "curves.svg", svg.str());
   }
