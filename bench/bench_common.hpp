@@ -1,12 +1,11 @@
 // Shared pieces of kd's benchmarks: cheap deterministic logits, a data cache, and a STREAM-style triad bandwidth probe.
 #pragma once
 
-#include <kd/tensor.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <kd/tensor.hpp>
 #include <memory>
 #include <string>
 #include <thread>
@@ -93,8 +92,8 @@ buffers<T>& get_buffers(std::int64_t rows, std::int64_t cols) {
   return b;
 }
 
-// STREAM triad a = b + s c over arrays of `n` floats (default 2^26 = 256 MiB each, far above any cache), `threads` threads,
-// best of `reps` runs. Returns bytes/s counting 12 bytes per element (STREAM convention: 2 reads + 1 write, no
+// STREAM triad a = b + s c over arrays of `n` floats (default 2^26 = 256 MiB each, far above any cache), `threads`
+// threads, best of `reps` runs. Returns bytes/s counting 12 bytes per element (STREAM convention: 2 reads + 1 write, no
 // write-allocate traffic).
 inline double triad_bandwidth(int threads, std::size_t n = std::size_t{1} << 26, int reps = 8) {
   std::unique_ptr<float[]> a(new float[n]), b(new float[n]), c(new float[n]);
@@ -104,7 +103,11 @@ inline double triad_bandwidth(int threads, std::size_t n = std::size_t{1} << 26,
     for (auto& th : pool) th.join();
   };
   par([&](std::size_t lo, std::size_t hi) {
-    for (std::size_t i = lo; i < hi; ++i) { a[i] = 0.0f; b[i] = 1.0f; c[i] = 2.0f; }
+    for (std::size_t i = lo; i < hi; ++i) {
+      a[i] = 0.0f;
+      b[i] = 1.0f;
+      c[i] = 2.0f;
+    }
   });
   double best = 0.0;
   for (int r = 0; r < reps; ++r) {

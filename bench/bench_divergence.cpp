@@ -2,22 +2,22 @@
 //
 //   BM_triad/threads                        STREAM triad a = b + 3 c, 12 bytes per element: the bandwidth reference
 //   BM_kd<div, dtype, mode>/V/N             kd::divergence_loss, simd backend, KD_BENCH_THREADS threads (default 2)
-//   BM_composed<div, mode>/V/N              the same loss written as frameworks compose it: log_softmax of each side, then
+//   BM_composed<div, mode>/V/N              the same loss written as frameworks compose it: log_softmax of each side,
+//   then
 //                                           elementwise ops and reductions, then a separate backward, one pass and one
 //                                           N x V temporary per op (vectorized with the same exp), blocks of 256 rows
-// Counters: bytes_per_second = compulsory DRAM traffic / time (fused fp32 forward+backward: read student + teacher, write
-// gradient = 12 bytes per element; forward only 8; bf16 with bf16 gradient 6 and 4), pct_triad = that as % of the triad
-// bandwidth measured at start-up with the same thread count, and elems_per_second.
-// Shapes: V in {32000, 128256, 256000}, N in {1, 64, 4096}; shapes whose buffers exceed KD_BENCH_MAX_GIB (default 8) are
-// skipped. Quick preset (a few minutes on 2 cores): scripts/bench.sh --quick, i.e.
+// Counters: bytes_per_second = compulsory DRAM traffic / time (fused fp32 forward+backward: read student + teacher,
+// write gradient = 12 bytes per element; forward only 8; bf16 with bf16 gradient 6 and 4), pct_triad = that as % of the
+// triad bandwidth measured at start-up with the same thread count, and elems_per_second. Shapes: V in {32000, 128256,
+// 256000}, N in {1, 64, 4096}; shapes whose buffers exceed KD_BENCH_MAX_GIB (default 8) are skipped. Quick preset (a
+// few minutes on 2 cores): scripts/bench.sh --quick, i.e.
 //   --benchmark_filter='BM_triad|BM_(kd|composed)<[^>]*>/128256/(64|4096)$'
 #include <benchmark/benchmark.h>
 
-#include <kd/backend/simd.hpp>
-#include <kd/divergence.hpp>
-
 #include <cmath>
 #include <cstdio>
+#include <kd/backend/simd.hpp>
+#include <kd/divergence.hpp>
 #include <string>
 
 #include "bench_common.hpp"
@@ -30,9 +30,12 @@ enum class mode { fwd, fwd_bwd };
 
 kd::divergence make_div(int which) {
   switch (which) {
-    case 0: return kd::divergence::forward_kl();
-    case 1: return kd::divergence::reverse_kl();
-    default: return kd::divergence::jsd(0.5);
+    case 0:
+      return kd::divergence::forward_kl();
+    case 1:
+      return kd::divergence::reverse_kl();
+    default:
+      return kd::divergence::jsd(0.5);
   }
 }
 
@@ -41,7 +44,8 @@ void set_counters(benchmark::State& state, double bytes_per_iter, double elems) 
   state.counters["bytes_per_second"] = benchmark::Counter(bytes_per_iter * it, benchmark::Counter::kIsRate);
   state.counters["elems_per_second"] = benchmark::Counter(elems * it, benchmark::Counter::kIsRate);
   if (g_triad > 0)
-    state.counters["pct_triad"] = benchmark::Counter(100.0 * bytes_per_iter * it / g_triad, benchmark::Counter::kIsRate);
+    state.counters["pct_triad"] =
+        benchmark::Counter(100.0 * bytes_per_iter * it / g_triad, benchmark::Counter::kIsRate);
 }
 
 bool too_big(benchmark::State& state, std::int64_t n, std::int64_t v, std::size_t elem) {
@@ -77,8 +81,8 @@ void BM_kd(benchmark::State& state) {
   const double elems = static_cast<double>(n) * static_cast<double>(v);
   set_counters(state, elems * sizeof(T) * (M == mode::fwd_bwd ? 3.0 : 2.0), elems);
   state.SetLabel(std::string(kd::divergence_name(d.kind)) + " " + kd::dtype_name<T>() +
-                 (M == mode::fwd_bwd ? " fwd+bwd " : " fwd ") + xsimd::default_arch::name() + " threads=" +
-                 std::to_string(kdb::bench_threads()));
+                 (M == mode::fwd_bwd ? " fwd+bwd " : " fwd ") + xsimd::default_arch::name() +
+                 " threads=" + std::to_string(kdb::bench_threads()));
 }
 
 // ---- Composed baseline: one pass (and one temporary) per framework op, all vectorized with the same exp. ----
@@ -100,7 +104,8 @@ void log_softmax(const float* x, float* out, std::int64_t rows, std::int64_t v) 
       for (std::int64_t j = 0; j < v; ++j) m = std::max(m, xr[j]);
       fb s(0.0f);
       std::int64_t j = 0;
-      for (; j + static_cast<std::int64_t>(W) <= v; j += W) s += kd::detail::simd::exp<xsimd::default_arch>(fb::load_unaligned(xr + j) - fb(m));
+      for (; j + static_cast<std::int64_t>(W) <= v; j += W)
+        s += kd::detail::simd::exp<xsimd::default_arch>(fb::load_unaligned(xr + j) - fb(m));
       float ss = xsimd::hadd(s);
       for (; j < v; ++j) ss += std::exp(xr[j] - m);
       const float l = m + std::log(ss);
@@ -112,14 +117,16 @@ void exp_op(const float* x, float* out, std::size_t n) {
   par_rows(static_cast<std::int64_t>(n / 4096 + 1), [=](std::int64_t b, std::int64_t e) {
     const std::size_t lo = static_cast<std::size_t>(b) * 4096, hi = std::min(n, static_cast<std::size_t>(e) * 4096);
     std::size_t j = lo;
-    for (; j + W <= hi; j += W) kd::detail::simd::exp<xsimd::default_arch>(fb::load_unaligned(x + j)).store_unaligned(out + j);
+    for (; j + W <= hi; j += W)
+      kd::detail::simd::exp<xsimd::default_arch>(fb::load_unaligned(x + j)).store_unaligned(out + j);
     for (; j < hi; ++j) out[j] = std::exp(x[j]);
   });
 }
 template <class F>
 void binary_op(const float* a, const float* b, float* out, std::size_t n, F f) {
   par_rows(static_cast<std::int64_t>(n / 4096 + 1), [=](std::int64_t lo_b, std::int64_t hi_b) {
-    const std::size_t lo = static_cast<std::size_t>(lo_b) * 4096, hi = std::min(n, static_cast<std::size_t>(hi_b) * 4096);
+    const std::size_t lo = static_cast<std::size_t>(lo_b) * 4096,
+                      hi = std::min(n, static_cast<std::size_t>(hi_b) * 4096);
     for (std::size_t j = lo; j < hi; ++j) out[j] = f(a[j], b[j]);
   });
 }
@@ -158,8 +165,10 @@ void BM_composed(benchmark::State& state) {
       if (M == mode::fwd_bwd) {
         // autograd: g1 = dL/dlog q (forward KL: -p; reverse KL: q (diff + 1)), then log_softmax backward
         // g = g1 - softmax(z) * rowsum(g1), with softmax recomputed as exp(log q) (one pass each).
-        if (Div == 0) binary_op(p.data(), p.data(), g1.data(), m, [](float a, float) { return -a; });
-        else binary_op(q.data(), diff.data(), g1.data(), m, [](float a, float c) { return a * (c + 1.0f); });
+        if (Div == 0)
+          binary_op(p.data(), p.data(), g1.data(), m, [](float a, float) { return -a; });
+        else
+          binary_op(q.data(), diff.data(), g1.data(), m, [](float a, float c) { return a * (c + 1.0f); });
         if (Div == 0) exp_op(lq.data(), q.data(), m);
         float* g = b.g.get() + r0 * v;
         const float* pg1 = g1.data();
@@ -200,9 +209,9 @@ void shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_triad)->Arg(1)->Arg(2)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-#define KD_BENCH_DIV(DIV)                                              \
-  BENCHMARK_TEMPLATE(BM_kd, DIV, float, mode::fwd_bwd)->Apply(shapes); \
-  BENCHMARK_TEMPLATE(BM_kd, DIV, float, mode::fwd)->Apply(shapes);     \
+#define KD_BENCH_DIV(DIV)                                                     \
+  BENCHMARK_TEMPLATE(BM_kd, DIV, float, mode::fwd_bwd)->Apply(shapes);        \
+  BENCHMARK_TEMPLATE(BM_kd, DIV, float, mode::fwd)->Apply(shapes);            \
   BENCHMARK_TEMPLATE(BM_kd, DIV, kd::bfloat16, mode::fwd_bwd)->Apply(shapes); \
   BENCHMARK_TEMPLATE(BM_kd, DIV, kd::bfloat16, mode::fwd)->Apply(shapes);
 KD_BENCH_DIV(0)

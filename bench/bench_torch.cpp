@@ -1,19 +1,20 @@
 // libtorch's own composed implementation against kd on identical data, in the same process (built when Torch is found).
 //
 //   BM_torch<div>/V/N   forward KL: F.kl_div(log_softmax(z_s), log_softmax(z_t), log_target) / N;
-//                       reverse KL: (exp(lq) * (lq - lp)).sum() / N with lq, lp = log_softmax; forward + backward through
-//                       autograd to the student logits (teacher detached); torch::set_num_threads(KD_BENCH_THREADS, def. 2)
-//   BM_kd<div>/V/N      kd::divergence_loss (simd backend, same threads) on the same buffers, token-mean reduction, gradient
-// Both report bytes_per_second at 12 bytes per element (read student + teacher, write gradient) and elems_per_second; the
-// speed-up is the ratio of elems_per_second. libtorch needs several N x V temporaries, so the shapes stop at N = 256
-// (per-element throughput of both is flat in N beyond a few rows; see docs/performance.md).
+//                       reverse KL: (exp(lq) * (lq - lp)).sum() / N with lq, lp = log_softmax; forward + backward
+//                       through autograd to the student logits (teacher detached);
+//                       torch::set_num_threads(KD_BENCH_THREADS, def. 2)
+//   BM_kd<div>/V/N      kd::divergence_loss (simd backend, same threads) on the same buffers, token-mean reduction,
+//   gradient
+// Both report bytes_per_second at 12 bytes per element (read student + teacher, write gradient) and elems_per_second;
+// the speed-up is the ratio of elems_per_second. libtorch needs several N x V temporaries, so the shapes stop at N =
+// 256 (per-element throughput of both is flat in N beyond a few rows; see docs/performance.md).
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <cstdio>
 #include <kd/backend/simd.hpp>
 #include <kd/divergence.hpp>
-
-#include <cstdio>
 #include <string>
 
 #include "bench_common.hpp"
@@ -62,8 +63,9 @@ void BM_torch(benchmark::State& state) {
     loss_value = loss.item<double>();
     benchmark::DoNotOptimize(zs.grad().data_ptr<float>());
   }
-  counters(state, n, v, std::string(Div == 0 ? "forward_kl" : "reverse_kl") + " libtorch " + TORCH_VERSION +
-                            " composed fwd+bwd loss=" + std::to_string(loss_value));
+  counters(state, n, v,
+           std::string(Div == 0 ? "forward_kl" : "reverse_kl") + " libtorch " + TORCH_VERSION +
+               " composed fwd+bwd loss=" + std::to_string(loss_value));
 }
 
 template <int Div>
@@ -78,8 +80,8 @@ void BM_kd(benchmark::State& state) {
   double loss_value = 0.0;
   for (auto _ : state) {
     kd::loss_result r;
-    auto st = kd::divergence_loss(d, kd::student_logits(b.s.get(), n, v), kd::teacher_logits(b.t.get(), n, v), {}, r, out,
-                                  be);
+    auto st = kd::divergence_loss(d, kd::student_logits(b.s.get(), n, v), kd::teacher_logits(b.t.get(), n, v), {}, r,
+                                  out, be);
     if (!st) {
       state.SkipWithError(st.to_string().c_str());
       break;
@@ -87,8 +89,9 @@ void BM_kd(benchmark::State& state) {
     loss_value = r.loss;
     benchmark::ClobberMemory();
   }
-  counters(state, n, v, std::string(kd::divergence_name(d.kind)) + " kd simd " + xsimd::default_arch::name() +
-                            " fwd+bwd loss=" + std::to_string(loss_value));
+  counters(state, n, v,
+           std::string(kd::divergence_name(d.kind)) + " kd simd " + xsimd::default_arch::name() +
+               " fwd+bwd loss=" + std::to_string(loss_value));
 }
 
 void shapes(benchmark::internal::Benchmark* b) {

@@ -1,7 +1,7 @@
-// The SIMD test suite for every instruction set compiled into kd::dispatch that this CPU supports (SSE2, SSE4.2, AVX2+FMA,
-// AVX-512), with 1 and 2 threads, plus the dispatch API itself (names, availability, unsupported requests).
-#include "test_simd_util.hpp"
+// The SIMD test suite for every instruction set compiled into kd::dispatch that this CPU supports (SSE2, SSE4.2,
+// AVX2+FMA, AVX-512), with 1 and 2 threads, plus the dispatch API itself (names, availability, unsupported requests).
 #include "test_simd_suite.hpp"
+#include "test_simd_util.hpp"
 
 #if KD_TEST_DISPATCH
 #include <kd/backend/dispatch.hpp>

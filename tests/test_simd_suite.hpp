@@ -1,17 +1,25 @@
 // The SIMD test suite, run once per backend value (compile-time arch, each run-time dispatched instruction set).
 #pragma once
 
-#include "test_simd_util.hpp"
-
 #include <string_view>
+
+#include "test_simd_util.hpp"
 
 namespace kdst {
 
 inline std::vector<kd::divergence> all_divergences() {
   using kd::divergence;
-  return {divergence::forward_kl(), divergence::reverse_kl(), divergence::jsd(0.5),  divergence::jsd(0.1),
-          divergence::jsd(0.0),      divergence::jsd(1.0),      divergence::skew_kl(0.1), divergence::skew_kl(0.0),
-          divergence::skew_reverse_kl(0.1), divergence::skew_reverse_kl(0.0), divergence::tvd()};
+  return {divergence::forward_kl(),
+          divergence::reverse_kl(),
+          divergence::jsd(0.5),
+          divergence::jsd(0.1),
+          divergence::jsd(0.0),
+          divergence::jsd(1.0),
+          divergence::skew_kl(0.1),
+          divergence::skew_kl(0.0),
+          divergence::skew_reverse_kl(0.1),
+          divergence::skew_reverse_kl(0.0),
+          divergence::tvd()};
 }
 
 // Bit-identical student and teacher rows: exactly 0 loss and 0 gradient (pitfalls 13, 17).
@@ -27,8 +35,8 @@ void check_identical(const Backend& be, std::int64_t rows, std::int64_t cols, do
     kd::loss_result r;
     kd::distill_options o;
     o.temperature = 0.7;
-    auto st = kd::divergence_loss(d, kd::student_logits(z.data(), rows, cols), kd::teacher_logits(z.data(), rows, cols), o,
-                                  r, out, be);
+    auto st = kd::divergence_loss(d, kd::student_logits(z.data(), rows, cols), kd::teacher_logits(z.data(), rows, cols),
+                                  o, r, out, be);
     REQUIRE(st.ok());
     CHECK(r.loss == 0.0);
     std::size_t nonzero = 0;
@@ -54,7 +62,8 @@ void run_suite(const Backend& be) {
     int k = 0;
     for (const auto& d : all_divergences())
       for (double temp : {0.5, 1.0, 2.0})
-        for (kd::reduction red : {kd::reduction::mean, kd::reduction::sum, kd::reduction::none, kd::reduction::normalizer}) {
+        for (kd::reduction red :
+             {kd::reduction::mean, kd::reduction::sum, kd::reduction::none, kd::reduction::normalizer}) {
           case_spec c;
           c.d = d;
           c.rows = 7;
@@ -110,9 +119,9 @@ void run_suite(const Backend& be) {
     auto zs = kdt::random_logits<float>(rows, cols, 5, 2.0, 0.0);
     auto zt = kdt::random_logits<float>(rows, cols, 6, 2.0, 0.0);
     const float ninf = -INFINITY;
-    for (std::int64_t j = 0; j < cols; j += 3) zs[j] = zt[j] = ninf;   // row 0: shared masks
-    for (std::int64_t j = 0; j < cols; ++j) zs[1 * cols + j] = ninf;   // row 1: student fully masked
-    for (std::int64_t j = 0; j < cols; ++j) zt[2 * cols + j] = ninf;   // row 2: teacher fully masked
+    for (std::int64_t j = 0; j < cols; j += 3) zs[j] = zt[j] = ninf;  // row 0: shared masks
+    for (std::int64_t j = 0; j < cols; ++j) zs[1 * cols + j] = ninf;  // row 1: student fully masked
+    for (std::int64_t j = 0; j < cols; ++j) zt[2 * cols + j] = ninf;  // row 2: teacher fully masked
     for (const auto& d : all_divergences()) {
       INFO(kd::divergence_name(d.kind) << "(" << d.param << ")");
       std::vector<float> gs(zs.size(), 5.0f), gt(zs.size(), 5.0f), rs(zs.size()), rt(zs.size());
@@ -122,10 +131,10 @@ void run_suite(const Backend& be) {
       refout.grad_student = kd::mut_rows<float>(rs.data(), rows, cols);
       refout.grad_teacher = kd::mut_rows<float>(rt.data(), rows, cols);
       kd::loss_result r, rr;
-      auto st = kd::divergence_loss(d, kd::student_logits(zs.data(), rows, cols), kd::teacher_logits(zt.data(), rows, cols),
-                                    {}, r, out, be);
-      auto sr = kd::divergence_loss(d, kd::student_logits(zs.data(), rows, cols), kd::teacher_logits(zt.data(), rows, cols),
-                                    {}, rr, refout, kd::reference_backend{});
+      auto st = kd::divergence_loss(d, kd::student_logits(zs.data(), rows, cols),
+                                    kd::teacher_logits(zt.data(), rows, cols), {}, r, out, be);
+      auto sr = kd::divergence_loss(d, kd::student_logits(zs.data(), rows, cols),
+                                    kd::teacher_logits(zt.data(), rows, cols), {}, rr, refout, kd::reference_backend{});
       REQUIRE(st.ok());
       REQUIRE(sr.ok());
       CHECK(r.valid_rows == 2);
@@ -168,11 +177,26 @@ void run_suite(const Backend& be) {
         c.rows = rows;
         c.cols = cols;
         switch (kind) {
-          case 0: zs[3 * cols + 1050] = NAN; zt[4 * cols + 2] = NAN; break;             // student NaN row 3 first
-          case 1: zs[4 * cols + 7] = INFINITY; zt[2 * cols + 1099] = INFINITY; break;  // teacher +inf row 2 first
-          case 2: zt[1 * cols + 500] = -INFINITY; zs[1 * cols + 500] = 1.0; break;      // RKL / (TVD, JSD fine) mismatch
-          case 3: zs[2 * cols + 9] = -INFINITY; break;                                  // FKL mismatch
-          case 4: zs[0] = NAN; zs[1] = -INFINITY; zt[0] = -INFINITY; break;             // mixed in row 0
+          case 0:
+            zs[3 * cols + 1050] = NAN;
+            zt[4 * cols + 2] = NAN;
+            break;  // student NaN row 3 first
+          case 1:
+            zs[4 * cols + 7] = INFINITY;
+            zt[2 * cols + 1099] = INFINITY;
+            break;  // teacher +inf row 2 first
+          case 2:
+            zt[1 * cols + 500] = -INFINITY;
+            zs[1 * cols + 500] = 1.0;
+            break;  // RKL / (TVD, JSD fine) mismatch
+          case 3:
+            zs[2 * cols + 9] = -INFINITY;
+            break;  // FKL mismatch
+          case 4:
+            zs[0] = NAN;
+            zs[1] = -INFINITY;
+            zt[0] = -INFINITY;
+            break;  // mixed in row 0
         }
         auto fs = convert<float>(zs), ft = convert<float>(zt);
         auto got = run_case<float, float, float>(c, fs, ft, be);
@@ -195,8 +219,9 @@ void run_suite(const Backend& be) {
         for (std::int64_t j = 0; j < cols; ++j) (*z)[r * cols + j] = float((*z)[r * cols + j] - m - std::log(s));
       }
     kd::loss_result r1, r2;
-    auto s1 = kd::divergence_loss(kd::divergence::forward_kl(), kd::student_log_probs(zs.data(), rows, cols),
-                                  kd::teacher_log_probs(zt.data(), rows, cols), {}, r1, kd::distill_outputs<float>{}, be);
+    auto s1 =
+        kd::divergence_loss(kd::divergence::forward_kl(), kd::student_log_probs(zs.data(), rows, cols),
+                            kd::teacher_log_probs(zt.data(), rows, cols), {}, r1, kd::distill_outputs<float>{}, be);
     auto s2 = kd::divergence_loss(kd::divergence::forward_kl(), kd::student_log_probs(zs.data(), rows, cols),
                                   kd::teacher_log_probs(zt.data(), rows, cols), {}, r2, kd::distill_outputs<float>{},
                                   kd::reference_backend{});

@@ -1,10 +1,10 @@
-// Determinism of the SIMD backend: loss, per-row values and gradients are bitwise identical for 1, 2, 3, 4 and 7 threads, a
-// caller-provided executor (here: ranges run in reverse order, one row each) and repeated runs.
-#include "test_simd_util.hpp"
-
+// Determinism of the SIMD backend: loss, per-row values and gradients are bitwise identical for 1, 2, 3, 4 and 7
+// threads, a caller-provided executor (here: ranges run in reverse order, one row each) and repeated runs.
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+
+#include "test_simd_util.hpp"
 
 #if KD_TEST_DISPATCH
 #include <kd/backend/dispatch.hpp>
@@ -44,8 +44,8 @@ snapshot run(const kd::divergence& d, const std::vector<float>& zs, const std::v
   kd::loss_result r;
   kd::distill_options o;
   o.temperature = 1.5;
-  REQUIRE(kd::divergence_loss(d, kd::student_logits(zs.data(), rows, cols), kd::teacher_logits(zt.data(), rows, cols), o, r,
-                              out, be)
+  REQUIRE(kd::divergence_loss(d, kd::student_logits(zs.data(), rows, cols), kd::teacher_logits(zt.data(), rows, cols),
+                              o, r, out, be)
               .ok());
   s.loss = r.loss;
   return s;
@@ -59,18 +59,18 @@ TEST_CASE("simd backend: bitwise identical for any thread count and executor", "
   auto zs = kdt::random_logits<float>(rows, cols, 21, 3.0, 0.01);
   auto zt = kdt::random_logits<float>(rows, cols, 22, 3.0, 0.0);
   for (std::size_t i = 0; i < zs.size(); ++i)
-    if (std::isinf(zs[i])) zt[i] = zs[i];  // shared masks: every divergence finite
+    if (std::isinf(zs[i])) zt[i] = zs[i];                                       // shared masks: every divergence finite
   for (std::int64_t j = 0; j < cols; ++j) zt[5 * cols + j] = zs[5 * cols + j];  // row 5 identical (exact zeros)
-  for (auto d : {kd::divergence::forward_kl(), kd::divergence::reverse_kl(), kd::divergence::jsd(0.3),
-                 kd::divergence::tvd()}) {
+  for (auto d :
+       {kd::divergence::forward_kl(), kd::divergence::reverse_kl(), kd::divergence::jsd(0.3), kd::divergence::tvd()}) {
     INFO(kd::divergence_name(d.kind));
     using B = kd::simd_backend<xsimd::default_arch, kd::thread_executor>;
     const snapshot base = run(d, zs, zt, rows, cols, B{kd::thread_executor{1}});
     for (int t : {2, 3, 4, 7}) CHECK(run(d, zs, zt, rows, cols, B{kd::thread_executor{t}}) == base);
     CHECK(run(d, zs, zt, rows, cols, B{kd::thread_executor{2}}) == base);  // repeated run
     std::atomic<int> calls{0};
-    CHECK(run(d, zs, zt, rows, cols, kd::simd_backend<xsimd::default_arch, reverse_executor>{reverse_executor{&calls}}) ==
-          base);
+    CHECK(run(d, zs, zt, rows, cols,
+              kd::simd_backend<xsimd::default_arch, reverse_executor>{reverse_executor{&calls}}) == base);
     CHECK(calls.load() == 1);  // the caller's executor was used
 #if KD_TEST_DISPATCH
     for (kd::simd_isa isa : {kd::simd_isa::sse2, kd::simd_isa::avx2, kd::simd_isa::avx512}) {

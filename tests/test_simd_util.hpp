@@ -1,9 +1,10 @@
 // Helpers for the SIMD backend tests: run a backend and kd::reference_backend on the same typed data and compare.
 //
-// Tolerance model (stated, not tuned): the SIMD backend works in float32, so a log-probability y - lse (y = z / T) carries an
-// absolute error of a few (|y|max + 1) * 2^-24, and so does every term a loss or gradient entry is built from. With
-// e = k * 2^-24 * (|y|max + 1) (k = 8 by default):
-//   gradients  |g - g_ref| <= e * (c + |g_ref|) + u * |g_ref|,  c = w T^(t2 ? 2 : 0) / (T * denominator) the row's gradient
+// Tolerance model (stated, not tuned): the SIMD backend works in float32, so a log-probability y - lse (y = z / T)
+// carries an absolute error of a few (|y|max + 1) * 2^-24, and so does every term a loss or gradient entry is built
+// from. With e = k * 2^-24 * (|y|max + 1) (k = 8 by default):
+//   gradients  |g - g_ref| <= e * (c + |g_ref|) + u * |g_ref|,  c = w T^(t2 ? 2 : 0) / (T * denominator) the row's
+//   gradient
 //              scale (the size of the terms the entry is computed from), u half an ulp of the output dtype (bf16 2^-8,
 //              fp16 2^-11, else 0);
 //   row losses |l - l_ref| <= e * (w T^(t2 ? 2 : 0) + |l_ref|), and the reduced loss likewise.
@@ -11,14 +12,12 @@
 #pragma once
 
 #include <catch2/catch.hpp>
-
-#include <kd/backend/reference.hpp>
-#include <kd/backend/simd.hpp>
-#include <kd/divergence.hpp>
-
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <kd/backend/reference.hpp>
+#include <kd/backend/simd.hpp>
+#include <kd/divergence.hpp>
 #include <string>
 #include <vector>
 
@@ -38,7 +37,8 @@ std::vector<T> convert(const std::vector<double>& v) {
   return o;
 }
 
-// A strided copy: rows of `cols` values at stride `stride`, the padding poisoned with NaN (catches out-of-bounds reads).
+// A strided copy: rows of `cols` values at stride `stride`, the padding poisoned with NaN (catches out-of-bounds
+// reads).
 template <class T>
 std::vector<T> strided(const std::vector<T>& v, std::int64_t rows, std::int64_t cols, std::int64_t stride) {
   std::vector<T> o(static_cast<std::size_t>(rows * stride), kd::from_double<T>(std::nan("")));
@@ -66,7 +66,8 @@ struct case_spec {
 
 inline std::string describe(const case_spec& c) {
   char buf[256];
-  std::snprintf(buf, sizeof buf, "%s(%g) rows=%lld cols=%lld stride=%lld scale=%g masked=%g T=%g tg=%d t2=%d lab=%d w=%d red=%s",
+  std::snprintf(buf, sizeof buf,
+                "%s(%g) rows=%lld cols=%lld stride=%lld scale=%g masked=%g T=%g tg=%d t2=%d lab=%d w=%d red=%s",
                 kd::divergence_name(c.d.kind), c.d.param, (long long)c.rows, (long long)c.cols, (long long)c.stride,
                 c.scale, c.masked, c.temperature, (int)c.teacher_grad, (int)c.t2, (int)c.labels, (int)c.weights,
                 kd::reduction_name(c.red));
@@ -99,9 +100,12 @@ outputs<G> run_case(const case_spec& c, const std::vector<S>& zs, const std::vec
 
 template <class T>
 constexpr double out_ulp() {
-  if constexpr (std::is_same_v<T, kd::bfloat16>) return 1.0 / 256;
-  else if constexpr (std::is_same_v<T, kd::half>) return 1.0 / 2048;
-  else return 0.0;
+  if constexpr (std::is_same_v<T, kd::bfloat16>)
+    return 1.0 / 256;
+  else if constexpr (std::is_same_v<T, kd::half>)
+    return 1.0 / 2048;
+  else
+    return 0.0;
 }
 
 struct tolerance {
@@ -150,10 +154,10 @@ void compare(const outputs<G>& got, const outputs<G>& ref, const case_spec& c, c
   }
   INFO("worst per-row loss error / tolerance " << worst_row);
   CHECK(worst_row <= 1.0);
-  // Gradient scale: (1/T) (T^2 with t2_scale) / denominator times the largest row weight (1.5 in these tests): the size of
-  // the terms a gradient entry is computed from, so the absolute part of the tolerance is relative to it.
-  const double gscale =
-      (1.0 / c.temperature) * (c.t2 ? c.temperature * c.temperature : 1.0) / ref.r.denominator * (c.weights ? 1.5 : 1.0);
+  // Gradient scale: (1/T) (T^2 with t2_scale) / denominator times the largest row weight (1.5 in these tests): the size
+  // of the terms a gradient entry is computed from, so the absolute part of the tolerance is relative to it.
+  const double gscale = (1.0 / c.temperature) * (c.t2 ? c.temperature * c.temperature : 1.0) / ref.r.denominator *
+                        (c.weights ? 1.5 : 1.0);
   auto cmp = [&](const std::vector<G>& g, const std::vector<G>& gr, const char* what) {
     double worst = 0.0;
     std::size_t bad = 0, worst_i = 0;
@@ -163,9 +167,15 @@ void compare(const outputs<G>& got, const outputs<G>& ref, const case_spec& c, c
         if (!std::isnan(a)) ++bad;
         continue;
       }
-      if (std::isnan(a)) { ++bad; continue; }
+      if (std::isnan(a)) {
+        ++bad;
+        continue;
+      }
       const double q = std::abs(a - b) / (e * (gscale + std::abs(b)) + out_rtol * std::abs(b) + 1e-300);
-      if (q > worst) { worst = q; worst_i = i; }
+      if (q > worst) {
+        worst = q;
+        worst_i = i;
+      }
     }
     INFO(what << ": worst error / tolerance " << worst << " at " << worst_i << " (got " << tod(g[worst_i]) << ", ref "
               << tod(gr[worst_i]) << "), NaN mismatches " << bad);
@@ -197,7 +207,8 @@ void check_case(const case_spec& c, const Backend& be, tolerance tol = {}) {
   // Padding between strided rows is never written.
   if (stride > c.cols && c.student_grad)
     for (std::int64_t r = 0; r < c.rows; ++r)
-      for (std::int64_t j = c.cols; j < stride; ++j) CHECK(tod(got.gs[r * stride + j]) == tod(kd::from_double<G>(777.0)));
+      for (std::int64_t j = c.cols; j < stride; ++j)
+        CHECK(tod(got.gs[r * stride + j]) == tod(kd::from_double<G>(777.0)));
 }
 
 }  // namespace kdst

@@ -16,11 +16,16 @@ const xsimd::detail::supported_arch& cpu() noexcept {
 bool cpu_has(simd_isa isa) noexcept {
   const auto& a = cpu();
   switch (isa) {
-    case simd_isa::best: return true;
-    case simd_isa::sse2: return a.sse2;
-    case simd_isa::sse4_2: return a.sse4_2;
-    case simd_isa::avx2: return a.avx2 && a.fma3_avx2;
-    case simd_isa::avx512: return a.avx512f && a.avx512cd && a.avx512dq && a.avx512bw;
+    case simd_isa::best:
+      return true;
+    case simd_isa::sse2:
+      return a.sse2;
+    case simd_isa::sse4_2:
+      return a.sse4_2;
+    case simd_isa::avx2:
+      return a.avx2 && a.fma3_avx2;
+    case simd_isa::avx512:
+      return a.avx512f && a.avx512cd && a.avx512dq && a.avx512bw;
   }
   return false;
 }
@@ -30,33 +35,48 @@ const detail::dispatch_isa::table* table_for(simd_isa isa) noexcept {
   static const table sse2 = table_sse2(), sse4_2 = table_sse4_2(), avx2 = table_avx2(), avx512 = table_avx512();
   if (!simd_isa_available(isa)) return nullptr;
   switch (isa == simd_isa::best ? best_simd_isa() : isa) {
-    case simd_isa::sse2: return &sse2;
-    case simd_isa::sse4_2: return &sse4_2;
-    case simd_isa::avx2: return &avx2;
-    case simd_isa::avx512: return &avx512;
-    case simd_isa::best: break;
+    case simd_isa::sse2:
+      return &sse2;
+    case simd_isa::sse4_2:
+      return &sse4_2;
+    case simd_isa::avx2:
+      return &avx2;
+    case simd_isa::avx512:
+      return &avx512;
+    case simd_isa::best:
+      break;
   }
   return nullptr;
 }
 
 template <class S, class G>
 detail::dispatch_isa::rows<S, G> pick(const detail::dispatch_isa::table& t) noexcept {
-  if constexpr (std::is_same_v<S, float>) return t.f32;
-  else if constexpr (std::is_same_v<S, bfloat16> && std::is_same_v<G, float>) return t.bf16_f32;
-  else if constexpr (std::is_same_v<S, bfloat16>) return t.bf16_bf16;
-  else if constexpr (std::is_same_v<G, float>) return t.f16_f32;
-  else return t.f16_f16;
+  if constexpr (std::is_same_v<S, float>)
+    return t.f32;
+  else if constexpr (std::is_same_v<S, bfloat16> && std::is_same_v<G, float>)
+    return t.bf16_f32;
+  else if constexpr (std::is_same_v<S, bfloat16>)
+    return t.bf16_bf16;
+  else if constexpr (std::is_same_v<G, float>)
+    return t.f16_f32;
+  else
+    return t.f16_f16;
 }
 
 }  // namespace
 
 const char* simd_isa_name(simd_isa isa) noexcept {
   switch (isa) {
-    case simd_isa::best: return "best";
-    case simd_isa::sse2: return "sse2";
-    case simd_isa::sse4_2: return "sse4.2";
-    case simd_isa::avx2: return "avx2";
-    case simd_isa::avx512: return "avx512";
+    case simd_isa::best:
+      return "best";
+    case simd_isa::sse2:
+      return "sse2";
+    case simd_isa::sse4_2:
+      return "sse4.2";
+    case simd_isa::avx2:
+      return "avx2";
+    case simd_isa::avx512:
+      return "avx512";
   }
   return "?";
 }
@@ -77,13 +97,13 @@ status dispatch_divergence(simd_isa isa, int threads, const divergence& d, const
                            const distill_outputs<G>& out) {
   const dispatch_isa::table* t = table_for(isa);
   if (!t) return make_error(errc::unsupported, "backend", "instruction set not supported by this CPU");
-  return simd::drive<thread_executor, S, P, G>(pick<S, G>(*t), thread_executor{threads}, d, student, teacher, opt, result,
-                                               out);
+  return simd::drive<thread_executor, S, P, G>(pick<S, G>(*t), thread_executor{threads}, d, student, teacher, opt,
+                                               result, out);
 }
 
-#define KD_DISPATCH_INSTANTIATE(S, G)                                                                                    \
-  template status dispatch_divergence<S, S, G>(simd_isa, int, const divergence&, const student_input<S>&,               \
-                                               const teacher_input<S>&, const distill_options&, loss_result&,          \
+#define KD_DISPATCH_INSTANTIATE(S, G)                                                                         \
+  template status dispatch_divergence<S, S, G>(simd_isa, int, const divergence&, const student_input<S>&,     \
+                                               const teacher_input<S>&, const distill_options&, loss_result&, \
                                                const distill_outputs<G>&);
 KD_DISPATCH_INSTANTIATE(float, float)
 KD_DISPATCH_INSTANTIATE(bfloat16, float)

@@ -1,6 +1,6 @@
-// Private to kd::dispatch: the per-instruction-set kernel tables. Each isa_*.cpp is compiled with its own -m flags and fills
-// one table with pointers to kd::detail::simd::process_rows<Arch, ...> (Arch in every symbol: no one-definition-rule clash
-// between the translation units).
+// Private to kd::dispatch: the per-instruction-set kernel tables. Each isa_*.cpp is compiled with its own -m flags and
+// fills one table with pointers to kd::detail::simd::process_rows<Arch, ...> (Arch in every symbol: no
+// one-definition-rule clash between the translation units).
 #pragma once
 
 #include <kd/backend/simd.hpp>
@@ -29,15 +29,19 @@ template <class A>
 void exp_array(const float* in, float* out, std::int64_t n) {
   using b = xsimd::batch<float, A>;
   std::int64_t j = 0;
-  for (; j + static_cast<std::int64_t>(b::size) <= n; j += b::size) simd::exp<A>(b::load_unaligned(in + j)).store_unaligned(out + j);
+  for (; j + static_cast<std::int64_t>(b::size) <= n; j += b::size)
+    simd::exp<A>(b::load_unaligned(in + j)).store_unaligned(out + j);
   if (j < n) simd::store_partial<A>(out, j, n, simd::exp<A>(simd::load_padded<A>(in, j, n, 0.0f)));
 }
 
 template <class A>
 table make_table() noexcept {
-  return {&simd::process_rows<A, float, float, float>, &simd::process_rows<A, bfloat16, bfloat16, float>,
-          &simd::process_rows<A, bfloat16, bfloat16, bfloat16>, &simd::process_rows<A, half, half, float>,
-          &simd::process_rows<A, half, half, half>, &exp_array<A>};
+  return {&simd::process_rows<A, float, float, float>,
+          &simd::process_rows<A, bfloat16, bfloat16, float>,
+          &simd::process_rows<A, bfloat16, bfloat16, bfloat16>,
+          &simd::process_rows<A, half, half, float>,
+          &simd::process_rows<A, half, half, half>,
+          &exp_array<A>};
 }
 
 }  // namespace detail::dispatch_isa

@@ -1,16 +1,18 @@
-// kd::dispatch_backend: the SIMD backend with the instruction set chosen at run time, for programs built without -m flags
-// (PyTorch extensions, distribution packages). Needs the small compiled library kd::dispatch (CMake option KD_BUILD_DISPATCH,
-// x86-64 only), which compiles the kernels of kd/backend/simd.hpp once per instruction set (SSE2, SSE4.2, AVX2+FMA,
-// AVX-512 F/CD/DQ/BW), each in its own translation unit with its own -m flags and Arch in every kernel's template arguments.
+// kd::dispatch_backend: the SIMD backend with the instruction set chosen at run time, for programs built without -m
+// flags (PyTorch extensions, distribution packages). Needs the small compiled library kd::dispatch (CMake option
+// KD_BUILD_DISPATCH, x86-64 only), which compiles the kernels of kd/backend/simd.hpp once per instruction set (SSE2,
+// SSE4.2, AVX2+FMA, AVX-512 F/CD/DQ/BW), each in its own translation unit with its own -m flags and Arch in every
+// kernel's template arguments.
 //
 //   target_link_libraries(my_target PRIVATE kd::dispatch)
 //   kd::divergence_loss(d, student, teacher, options, result, outputs, kd::dispatch_backend{});            // best ISA
-//   kd::divergence_loss(..., kd::dispatch_backend{kd::simd_isa::avx2, 2});                                 // forced, 2 threads
+//   kd::divergence_loss(..., kd::dispatch_backend{kd::simd_isa::avx2, 2});                                 // forced, 2
+//   threads
 //
 // Element types: student and teacher of the same type, float32, bf16 or fp16; gradient float32 or the input type (other
 // combinations fail to compile with a static_assert; use kd::simd_backend<> for them). Results: those of
-// kd::simd_backend<Arch> for the chosen Arch (bitwise identical for any thread count). Requesting an instruction set the CPU
-// (or the build) lacks returns errc::unsupported naming "backend".
+// kd::simd_backend<Arch> for the chosen Arch (bitwise identical for any thread count). Requesting an instruction set
+// the CPU (or the build) lacks returns errc::unsupported naming "backend".
 #pragma once
 
 #include <cstdint>
@@ -34,9 +36,10 @@ simd_isa best_simd_isa() noexcept;
 namespace detail {
 
 template <class S, class P, class G>
-inline constexpr bool dispatch_types_supported =
-    std::is_same_v<S, P> && (std::is_same_v<S, float> || std::is_same_v<S, bfloat16> || std::is_same_v<S, half>) &&
-    (std::is_same_v<G, float> || std::is_same_v<G, S>);
+inline constexpr bool dispatch_types_supported = std::is_same_v<S, P> &&
+                                                 (std::is_same_v<S, float> || std::is_same_v<S, bfloat16> ||
+                                                  std::is_same_v<S, half>)&&(std::is_same_v<G, float> ||
+                                                                             std::is_same_v<G, S>);
 
 // Defined in the library for the supported type combinations. Precondition: arguments validated.
 template <class S, class P, class G>

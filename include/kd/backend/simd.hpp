@@ -1,21 +1,23 @@
-// kd::simd_backend<Arch, Executor>: the fast CPU backend. Vectorized with xsimd for one instruction set chosen at compile
-// time (Arch = xsimd::default_arch, the best one the compiler flags enable: -march=native gives AVX-512 / AVX2 where
-// available; plain x86-64 flags give SSE2). For run-time selection in binaries built without -m flags see
+// kd::simd_backend<Arch, Executor>: the fast CPU backend. Vectorized with xsimd for one instruction set chosen at
+// compile time (Arch = xsimd::default_arch, the best one the compiler flags enable: -march=native gives AVX-512 / AVX2
+// where available; plain x86-64 flags give SSE2). For run-time selection in binaries built without -m flags see
 // kd/backend/dispatch.hpp (the optional compiled library kd::dispatch).
 //
-//   kd::divergence_loss(d, student, teacher, options, result, outputs, kd::simd_backend<>{});          // all hardware threads
-//   kd::divergence_loss(..., kd::simd_backend<>{kd::thread_executor{2}});                             // 2 threads
-//   kd::divergence_loss(..., kd::simd_backend<xsimd::avx2, my_pool_adaptor>{my_pool_adaptor{...}});  // caller's executor
+//   kd::divergence_loss(d, student, teacher, options, result, outputs, kd::simd_backend<>{});          // all hardware
+//   threads kd::divergence_loss(..., kd::simd_backend<>{kd::thread_executor{2}});                             // 2
+//   threads kd::divergence_loss(..., kd::simd_backend<xsimd::avx2, my_pool_adaptor>{my_pool_adaptor{...}});  //
+//   caller's executor
 //
 // Work: rows are independent; each row is computed by one thread in float32 (fp32 / bf16 / fp16 inputs are converted on
 // load; partial sums of each L1-sized chunk are accumulated in double), see detail/simd_divergence.hpp for the kernels.
 // float64 inputs ask for double precision: they are computed by kd::reference_backend (exact in double, single thread).
-// Determinism: a row's result does not depend on which thread computes it, and per-row losses are summed in row order on
-// the calling thread, so results are bitwise identical for any thread count and across runs (for a fixed Arch).
-// Accuracy versus kd::reference_backend (tests/test_simd_divergence.cpp): float32 rounding of the log-probabilities, i.e.
-// relative errors of a few 1e-6 on losses and gradients for logits of moderate scale (they grow with |logit| / T).
+// Determinism: a row's result does not depend on which thread computes it, and per-row losses are summed in row order
+// on the calling thread, so results are bitwise identical for any thread count and across runs (for a fixed Arch).
+// Accuracy versus kd::reference_backend (tests/test_simd_divergence.cpp): float32 rounding of the log-probabilities,
+// i.e. relative errors of a few 1e-6 on losses and gradients for logits of moderate scale (they grow with |logit| / T).
 // Errors: identical to kd::reference_backend (same codes, argument names, first offending row; value errors leave NaN
-// gradient rows and a NaN / +inf loss). Memory: per call, three arrays of `rows` entries; no temporary proportional to V.
+// gradient rows and a NaN / +inf loss). Memory: per call, three arrays of `rows` entries; no temporary proportional to
+// V.
 //
 // Executor concept: any copyable type with `template <class F> void parallel_for(std::int64_t n, F f) const` that calls
 // f(begin, end) on disjoint ranges covering [0, n), possibly concurrently, and returns when all calls have returned.
@@ -28,15 +30,14 @@
 #include <thread>
 #include <type_traits>
 #include <vector>
-
 #include <xsimd/xsimd.hpp>
 
-#include "reference.hpp"
 #include "../detail/row_plan.hpp"
 #include "../detail/simd_divergence.hpp"
 #include "../divergence_spec.hpp"
 #include "../options.hpp"
 #include "../status.hpp"
+#include "reference.hpp"
 
 KD_BEGIN_NAMESPACE
 
@@ -84,16 +85,16 @@ struct call {
   mut_rows<G> gs;
   mut_rows<G> gt;
   float* per_row;
-  const double* weights;    // effective row weights (0: ignored or fully masked)
-  double scale;             // plan.scale
-  double loss_scale;        // plan.loss_scale
+  const double* weights;  // effective row weights (0: ignored or fully masked)
+  double scale;           // plan.scale
+  double loss_scale;      // plan.loss_scale
   bool empty_mean;
   double inv_t;
   bool check_student_norm;
   bool check_teacher_norm;
-  double* row_loss;         // out: w * loss_scale * l_r
-  row_error* row_err;       // out
-  double* row_value;        // out: offending value
+  double* row_loss;    // out: w * loss_scale * l_r
+  row_error* row_err;  // out
+  double* row_value;   // out: offending value
 };
 
 // Rows [begin, end) for instruction set A. Calls only Arch-templated code (safe to compile with any -m flags).
@@ -137,7 +138,8 @@ using rows_fn = void (*)(const call<S, P, G>&, std::int64_t, std::int64_t);
 
 inline status row_error_status(row_error e, double value, std::int64_t r) noexcept {
   switch (e) {
-    case row_error::none: return ok_status();
+    case row_error::none:
+      return ok_status();
     case row_error::student_non_finite:
       return make_error(errc::non_finite_input, "student", "contains NaN or +inf", value, r);
     case row_error::teacher_non_finite:
@@ -148,8 +150,8 @@ inline status row_error_status(row_error e, double value, std::int64_t r) noexce
       return make_error(errc::not_normalized, "teacher", "declared log_probs but logsumexp(row) != 0", value, r);
     case row_error::support_mismatch:
       return make_error(errc::support_mismatch, "teacher",
-                        "the divergence is +inf: one side has probability 0 (a -inf logit) where the other has mass", value,
-                        r);
+                        "the divergence is +inf: one side has probability 0 (a -inf logit) where the other has mass",
+                        value, r);
   }
   return ok_status();
 }

@@ -1,23 +1,25 @@
 // Per-row divergence kernels of the SIMD backend: loss of one row and its gradients with respect to the student (and
 // optionally the teacher) logits, in float32 with double accumulation of per-chunk partial sums.
 //
-// Row [n] of student z_s and teacher z_t (float32 / float64 / bf16 / fp16), temperature T (inv_t = 1/T), gradient scale c
-// (row weight * reduction scale / T). Notation of detail/reference_math.hpp: x, y are the two distributions a divergence is
-// written in (KL(x || y), ...), lx, ly their log-probabilities.
+// Row [n] of student z_s and teacher z_t (float32 / float64 / bf16 / fp16), temperature T (inv_t = 1/T), gradient scale
+// c (row weight * reduction scale / T). Notation of detail/reference_math.hpp: x, y are the two distributions a
+// divergence is written in (KL(x || y), ...), lx, ly their log-probabilities.
 //
 // Two paths:
-//  * fused KL (forward_kl, reverse_kl and the endpoints jsd(0|1), skew(0) that are defined as them), used when the row has no
-//    -inf / NaN / +inf: pass A reads both rows once (L1-sized chunks, online max / sum-exp of both sides and the running
-//    running D below with the same rescaling), which gives both log-sum-exps and the loss
+//  * fused KL (forward_kl, reverse_kl and the endpoints jsd(0|1), skew(0) that are defined as them), used when the row
+//  has no
+//    -inf / NaN / +inf: pass A reads both rows once (L1-sized chunks, online max / sum-exp of both sides and the
+//    running running D below with the same rescaling), which gives both log-sum-exps and the loss
 //        KL(x || y) = D / S_x - log S_x + log S_y,  u_j = (yx_j - M_x) - (yy_j - M_y),  D = sum_j e^{yx_j - M_x} u_j,
 //        S_x = sum_j e^{yx_j - M_x} (M = running max of y = z / T);
 //    pass B reads the rows again (from L2/L3) and writes the gradients, with lx = (yx - M_x) - log S_x:
 //        d/dz_y = c (y_j - x_j),   d/dz_x = c x_j (lx_j - ly_j - KL).
-//    Exponentials per element: 2 in pass A, 1 (reverse KL, student gradient) or 2 (forward KL) in pass B. Identical rows give
-//    D = 0 and equal log-sum-exps, hence exactly 0 loss and gradient.
-//  * careful (every divergence; KL rows with masked / non-finite entries): pass 1 log-sum-exps (reporting NaN / +inf like
-//    the reference), pass 2 the loss and the centring sums with explicit -inf masks, pass 3 the gradients. JSD and the skew
-//    divergences compute the mixture log m in log space (logaddexp, exact where lx == ly), as the reference does.
+//    Exponentials per element: 2 in pass A, 1 (reverse KL, student gradient) or 2 (forward KL) in pass B. Identical
+//    rows give D = 0 and equal log-sum-exps, hence exactly 0 loss and gradient.
+//  * careful (every divergence; KL rows with masked / non-finite entries): pass 1 log-sum-exps (reporting NaN / +inf
+//  like
+//    the reference), pass 2 the loss and the centring sums with explicit -inf masks, pass 3 the gradients. JSD and the
+//    skew divergences compute the mixture log m in log space (logaddexp, exact where lx == ly), as the reference does.
 #pragma once
 
 #include <cmath>
@@ -66,7 +68,7 @@ struct row_io {
 
 struct row_params {
   float inv_t = 1.0f;
-  float c = 0.0f;  // gradient scale: weight * plan.scale * inv_t
+  float c = 0.0f;                   // gradient scale: weight * plan.scale * inv_t
   bool check_student_norm = false;  // declared log_probs at T = 1
   bool check_teacher_norm = false;
 };
@@ -82,8 +84,10 @@ struct grad_sink {
   G* dst;
   float buf[chunk];
   float* target() noexcept {
-    if constexpr (std::is_same_v<G, float>) return dst;
-    else return buf;
+    if constexpr (std::is_same_v<G, float>)
+      return dst;
+    else
+      return buf;
   }
   void flush(std::int64_t n) noexcept {
     if constexpr (!std::is_same_v<G, float>) store_chunk<A>(dst, buf, n);
@@ -96,11 +100,11 @@ inline void fill_row(G* g, std::int64_t n, float v) noexcept {
   for (std::int64_t j = 0; j < n; ++j) float_to_elem<A>(v, g[j]);
 }
 
-// ----------------------------------------------------------------------------------------------------------------------------
-// Fused two-pass KL(x || y). x_is_student selects reverse KL (x = q) or forward KL (x = p). Returns false when the row has a
-// non-finite value in pass A (nothing has been written then): the caller takes the careful path.
-// Precision: log-probabilities are formed as (y - M) - log S, never y - lse: y - M is exact near the max (where the mass is)
-// and log S <= log V is small, so float32 rounding stays near 2^-24 * log V instead of 2^-24 * |lse|; likewise D is
+// -------------------------------------------------------------------------------------------------------------------
+// Fused two-pass KL(x || y). x_is_student selects reverse KL (x = q) or forward KL (x = p). Returns false when the row
+// has a non-finite value in pass A (nothing has been written then): the caller takes the careful path. Precision:
+// log-probabilities are formed as (y - M) - log S, never y - lse: y - M is exact near the max (where the mass is) and
+// log S <= log V is small, so float32 rounding stays near 2^-24 * log V instead of 2^-24 * |lse|; likewise D is
 // accumulated over u = (y_x - M_x) - (y_y - M_y) and re-based when a running max moves.
 template <class A, class S, class P, class G>
 inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row_params& rp, row_result& res) noexcept {
@@ -110,7 +114,8 @@ inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row
   const b it(rp.inv_t);
   alignas(64) float bs[chunk], bt[chunk];
   float ms = ninf, mt = ninf;
-  // ss, st: sum exp(y - M) per side; dd: sum_x e_x ((y_x - M_x) - (y_y - M_y)), e_x = exp(y_x - M_x), both w.r.t. current maxes.
+  // ss, st: sum exp(y - M) per side; dd: sum_x e_x ((y_x - M_x) - (y_y - M_y)), e_x = exp(y_x - M_x), both w.r.t.
+  // current maxes.
   double ss = 0.0, st = 0.0, dd = 0.0;
   // Pass A: online max / sum-exp of both rows plus D, chunk by chunk.
   for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
@@ -125,7 +130,8 @@ inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row
       const double fs = std::exp(static_cast<double>(ms) - ns), ft = std::exp(static_cast<double>(mt) - nt);
       const double sx = x_is_student ? ss : st;
       if (sx > 0.0) {  // re-base u: (y_x - M_x') - (y_y - M_y') = u - ((M_x' - M_x) - (M_y' - M_y))
-        const double shift = x_is_student ? (double(ns) - ms) - (double(nt) - mt) : (double(nt) - mt) - (double(ns) - ms);
+        const double shift =
+            x_is_student ? (double(ns) - ms) - (double(nt) - mt) : (double(nt) - mt) - (double(ns) - ms);
         dd = (dd - sx * shift) * (x_is_student ? fs : ft);
       }
       ss *= fs;
@@ -174,7 +180,8 @@ inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row
   if (!io.gs && !io.gt) return true;
 
   // Pass B: gradients. lq = (ys - Ms) - log Ss, q = exp(lq) (same for p).
-  const b mbs(ms), mbt(mt), ls(static_cast<float>(lns)), lt(static_cast<float>(lnt)), kb(static_cast<float>(kl)), cb(rp.c);
+  const b mbs(ms), mbt(mt), ls(static_cast<float>(lns)), lt(static_cast<float>(lnt)), kb(static_cast<float>(kl)),
+      cb(rp.c);
   grad_sink<A, G> ogs{io.gs, {}}, ogt{io.gt, {}};
   for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
     const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
@@ -209,13 +216,15 @@ inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row
   return true;
 }
 
-// ----------------------------------------------------------------------------------------------------------------------------
-// Careful-path divergences in (x, y) form (templated on Arch, like everything here, for the one-definition rule). Each has: accumulate(lx, ly) over the row (vector partial sums acc[0..2],
-// mismatch flag), finish(sums) -> loss, and grad(lx, ly) -> (gx, gy) before the scale c. -inf lanes contribute exactly 0.
+// -------------------------------------------------------------------------------------------------------------------
+// Careful-path divergences in (x, y) form (templated on Arch, like everything here, for the one-definition rule). Each
+// has: accumulate(lx, ly) over the row (vector partial sums acc[0..2], mismatch flag), finish(sums) -> loss, and
+// grad(lx, ly) -> (gx, gy) before the scale c. -inf lanes contribute exactly 0.
 
 // log m for m = a x + (1 - a) y in log space; exact (= lx) where lx == ly (both -inf included).
 template <class A>
-inline fbatch<A> log_mix(const fbatch<A>& lx, const fbatch<A>& ly, const fbatch<A>& log_a, const fbatch<A>& log_1ma) noexcept {
+inline fbatch<A> log_mix(const fbatch<A>& lx, const fbatch<A>& ly, const fbatch<A>& log_a,
+                         const fbatch<A>& log_1ma) noexcept {
   const fbatch<A> u = lx + log_a, v = ly + log_1ma;
   const fbatch<A> m = xsimd::max(u, v);
   const fbatch<A> r = m + xsimd::log1p(exp<A>(-xsimd::abs(u - v)));
@@ -225,7 +234,8 @@ inline fbatch<A> log_mix(const fbatch<A>& lx, const fbatch<A>& ly, const fbatch<
 template <class A>
 struct kl_kernel {  // KL(x || y)
   double loss = 0.0;
-  void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc, xsimd::batch_bool<float, A>& mm) const noexcept {
+  void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc,
+                  xsimd::batch_bool<float, A>& mm) const noexcept {
     const auto xm = lx == ninf_b<A>();
     mm = mm || (!xm && (ly == ninf_b<A>()));
     acc[0] += xsimd::select(xm, fbatch<A>(0.0f), exp<A>(lx) * (lx - ly));
@@ -237,8 +247,7 @@ struct kl_kernel {  // KL(x || y)
   void grad(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>& gx, fbatch<A>& gy) const noexcept {
     const fbatch<A> x = exp<A>(lx), y = exp<A>(ly);
     gy = y - x;
-    gx = xsimd::select(lx == ninf_b<A>(), fbatch<A>(0.0f),
-                       x * ((lx - ly) - fbatch<A>(static_cast<float>(loss))));
+    gx = xsimd::select(lx == ninf_b<A>(), fbatch<A>(0.0f), x * ((lx - ly) - fbatch<A>(static_cast<float>(loss))));
   }
 };
 
@@ -249,8 +258,11 @@ struct jsd_kernel {  // b KL(x || m) + (1 - b) KL(y || m), m = b x + (1 - b) y
   double kx = 0.0, ky = 0.0, loss = 0.0;
   explicit jsd_kernel(double b)
       : beta_d(b),
-        beta(static_cast<float>(b)), log_b(static_cast<float>(std::log(b))), log_1mb(static_cast<float>(std::log1p(-b))) {}
-  void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc, xsimd::batch_bool<float, A>&) const noexcept {
+        beta(static_cast<float>(b)),
+        log_b(static_cast<float>(std::log(b))),
+        log_1mb(static_cast<float>(std::log1p(-b))) {}
+  void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc,
+                  xsimd::batch_bool<float, A>&) const noexcept {
     const fbatch<A> lm = log_mix<A>(lx, ly, fbatch<A>(log_b), fbatch<A>(log_1mb));
     acc[0] += xsimd::select(lx == ninf_b<A>(), fbatch<A>(0.0f), exp<A>(lx) * (lx - lm));
     acc[1] += xsimd::select(ly == ninf_b<A>(), fbatch<A>(0.0f), exp<A>(ly) * (ly - lm));
@@ -278,7 +290,8 @@ struct skew_kernel {  // KL(x || a x + (1 - a) y)
       : a(static_cast<float>(alpha)),
         log_a(static_cast<float>(std::log(alpha))),
         log_1ma(static_cast<float>(std::log1p(-alpha))) {}
-  void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc, xsimd::batch_bool<float, A>&) const noexcept {
+  void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc,
+                  xsimd::batch_bool<float, A>&) const noexcept {
     using b = fbatch<A>;
     const b lm = log_mix<A>(lx, ly, b(log_a), b(log_1ma));
     const b r = lx - lm, em = xsimd::expm1(r);
@@ -310,7 +323,8 @@ struct tvd_kernel {  // (1/2) sum |x - y|
     using b = fbatch<A>;
     return xsimd::select(v > b(0.0f), b(1.0f), xsimd::select(v < b(0.0f), b(-1.0f), b(0.0f)));
   }
-  void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc, xsimd::batch_bool<float, A>&) const noexcept {
+  void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc,
+                  xsimd::batch_bool<float, A>&) const noexcept {
     const fbatch<A> x = exp<A>(lx), y = exp<A>(ly);
     const fbatch<A> s = sign(y - x);
     acc[0] += xsimd::abs(x - y);
@@ -334,17 +348,30 @@ struct tvd_kernel {  // (1/2) sum |x - y|
 
 // Careful three-pass row: x_is_student says whether the kernel's x is the student (q) or the teacher (p).
 template <class A, class K, class S, class P, class G>
-inline void careful_row(K kern, bool x_is_student, const row_io<S, P, G>& io, const row_params& rp, row_result& res) noexcept {
+inline void careful_row(K kern, bool x_is_student, const row_io<S, P, G>& io, const row_params& rp,
+                        row_result& res) noexcept {
   using b = fbatch<A>;
   const std::int64_t n = io.n;
   constexpr double nan = std::numeric_limits<double>::quiet_NaN();
   // Pass 1: log-sum-exps, with the reference's error order.
   const online_lse<A> st_s = row_logsumexp<A>(io.zs, n, rp.inv_t), st_t = row_logsumexp<A>(io.zt, n, rp.inv_t);
   const double lse_s = st_s.value(), lse_t = st_t.value();
-  if (!std::isfinite(lse_s)) { res = {nan, row_error::student_non_finite, lse_s}; return; }
-  if (!std::isfinite(lse_t)) { res = {nan, row_error::teacher_non_finite, lse_t}; return; }
-  if (rp.check_student_norm && std::abs(lse_s) > 0.05) { res = {nan, row_error::student_not_normalized, lse_s}; return; }
-  if (rp.check_teacher_norm && std::abs(lse_t) > 0.05) { res = {nan, row_error::teacher_not_normalized, lse_t}; return; }
+  if (!std::isfinite(lse_s)) {
+    res = {nan, row_error::student_non_finite, lse_s};
+    return;
+  }
+  if (!std::isfinite(lse_t)) {
+    res = {nan, row_error::teacher_non_finite, lse_t};
+    return;
+  }
+  if (rp.check_student_norm && std::abs(lse_s) > 0.05) {
+    res = {nan, row_error::student_not_normalized, lse_s};
+    return;
+  }
+  if (rp.check_teacher_norm && std::abs(lse_t) > 0.05) {
+    res = {nan, row_error::teacher_not_normalized, lse_t};
+    return;
+  }
 
   // Log-probabilities as (y - M) - log S (see fused_kl_row for why).
   const b it(rp.inv_t), ms(st_s.max), mt(st_t.max), ls(static_cast<float>(std::log(st_s.sum))),
@@ -414,15 +441,28 @@ inline void careful_row(K kern, bool x_is_student, const row_io<S, P, G>& io, co
 template <class A, class S, class P, class G>
 inline row_result divergence_row(const divergence& d, const row_io<S, P, G>& io, const row_params& rp) noexcept {
   row_result res;
-  // Which KL a divergence reduces to at its endpoints (as the reference defines them): 1 = forward, 2 = reverse, 0 = none.
+  // Which KL a divergence reduces to at its endpoints (as the reference defines them): 1 = forward, 2 = reverse, 0 =
+  // none.
   int kl = 0;
   switch (d.kind) {
-    case divergence_kind::forward_kl: kl = 1; break;
-    case divergence_kind::reverse_kl: kl = 2; break;
-    case divergence_kind::jsd: kl = d.param == 0.0 ? 1 : (d.param == 1.0 ? 2 : 0); break;
-    case divergence_kind::skew_kl: kl = d.param == 0.0 ? 1 : 0; break;
-    case divergence_kind::skew_reverse_kl: kl = d.param == 0.0 ? 2 : 0; break;
-    case divergence_kind::tvd: kl = 0; break;
+    case divergence_kind::forward_kl:
+      kl = 1;
+      break;
+    case divergence_kind::reverse_kl:
+      kl = 2;
+      break;
+    case divergence_kind::jsd:
+      kl = d.param == 0.0 ? 1 : (d.param == 1.0 ? 2 : 0);
+      break;
+    case divergence_kind::skew_kl:
+      kl = d.param == 0.0 ? 1 : 0;
+      break;
+    case divergence_kind::skew_reverse_kl:
+      kl = d.param == 0.0 ? 2 : 0;
+      break;
+    case divergence_kind::tvd:
+      kl = 0;
+      break;
   }
   if (kl != 0) {
     if (fused_kl_row<A>(kl == 2, io, rp, res)) return res;
@@ -430,10 +470,18 @@ inline row_result divergence_row(const divergence& d, const row_io<S, P, G>& io,
     return res;
   }
   switch (d.kind) {
-    case divergence_kind::jsd: careful_row<A>(jsd_kernel<A>(d.param), false, io, rp, res); break;
-    case divergence_kind::skew_kl: careful_row<A>(skew_kernel<A>(d.param), false, io, rp, res); break;
-    case divergence_kind::skew_reverse_kl: careful_row<A>(skew_kernel<A>(d.param), true, io, rp, res); break;
-    default: careful_row<A>(tvd_kernel<A>{}, false, io, rp, res); break;
+    case divergence_kind::jsd:
+      careful_row<A>(jsd_kernel<A>(d.param), false, io, rp, res);
+      break;
+    case divergence_kind::skew_kl:
+      careful_row<A>(skew_kernel<A>(d.param), false, io, rp, res);
+      break;
+    case divergence_kind::skew_reverse_kl:
+      careful_row<A>(skew_kernel<A>(d.param), true, io, rp, res);
+      break;
+    default:
+      careful_row<A>(tvd_kernel<A>{}, false, io, rp, res);
+      break;
   }
   return res;
 }

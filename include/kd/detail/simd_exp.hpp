@@ -1,20 +1,19 @@
-// Vector exp for the SIMD backend: written once over xsimd architectures (Arch is in every signature, so kernels compiled
-// for different instruction sets never share a symbol).
+// Vector exp for the SIMD backend: written once over xsimd architectures (Arch is in every signature, so kernels
+// compiled for different instruction sets never share a symbol).
 //
 //   kd::detail::simd::exp<Arch>(xsimd::batch<float, Arch> x) -> batch<float, Arch>
 //
-// Accuracy (tests/test_simd_exp.cpp measures it against std::exp over the whole float range): at most 2 ulp (most results
-// within 1 ulp), subnormal results scaled with one rounding, exp(-inf) == 0 exactly, exp(x) == 0 for x < -103.97,
-// exp(+inf) == +inf, exp(x) == +inf for x > 88.7228, NaN -> NaN.
-// Method: x = k ln2 + r with |r| <= ln2/2 (Cody-Waite, two-constant ln2), exp(r) by a degree-5 polynomial fitted for
-// minimal relative error (1.05e-7, about 0.9 ulp, before rounding), times 2^k. 2^k is applied as two exact power-of-two factors 2^(k/2) 2^(k - k/2), so subnormal and overflowing
-// results round once; on AVX-512 a single vscalefps does the same.
-// Cost: 12 vector operations per batch on AVX-512 (2 clamps, 8 FMA / add, 1 scalef), 18 on SSE / AVX2.
+// Accuracy (tests/test_simd_exp.cpp measures it against std::exp over the whole float range): at most 2 ulp (most
+// results within 1 ulp), subnormal results scaled with one rounding, exp(-inf) == 0 exactly, exp(x) == 0 for x <
+// -103.97, exp(+inf) == +inf, exp(x) == +inf for x > 88.7228, NaN -> NaN. Method: x = k ln2 + r with |r| <= ln2/2
+// (Cody-Waite, two-constant ln2), exp(r) by a degree-5 polynomial fitted for minimal relative error (1.05e-7, about 0.9
+// ulp, before rounding), times 2^k. 2^k is applied as two exact power-of-two factors 2^(k/2) 2^(k - k/2), so subnormal
+// and overflowing results round once; on AVX-512 one vscalefps does the same. Cost: 12 vector operations per batch on
+// AVX-512 (2 clamps, 8 FMA / add, 1 scalef), 18 on SSE / AVX2.
 #pragma once
 
 #include <cstdint>
 #include <type_traits>
-
 #include <xsimd/xsimd.hpp>
 
 #include "../version.hpp"
@@ -41,16 +40,16 @@ inline constexpr bool is_avx512 = std::is_base_of<xsimd::avx512f, A>::value;
 template <class A>
 inline fbatch<A> exp(fbatch<A> x) noexcept {
   using b = fbatch<A>;
-  // Clamp so that k stays in [-150, 128]; max(lo, x) / min(hi, x) return x when x is NaN (x86 min/max return their second
-  // operand on NaN), so NaN flows through the polynomial and comes out NaN.
+  // Clamp so that k stays in [-150, 128]; max(lo, x) / min(hi, x) return x when x is NaN (x86 min/max return their
+  // second operand on NaN), so NaN flows through the polynomial and comes out NaN.
   const b lo(-104.0f), hi(88.8f);
   b xc = xsimd::min(hi, xsimd::max(lo, x));
   // k = round(x / ln2) via the 1.5 * 2^23 trick: t's low mantissa bits hold k.
   const b magic(12582912.0f);
   const b t = xsimd::fma(xc, b(1.44269504088896341f), magic);
   const b k = t - magic;
-  b r = xsimd::fnma(k, b(0.693359375f), xc);        // ln2 high part (exact product for |k| <= 2^11)
-  r = xsimd::fnma(k, b(-2.12194440e-4f), r);        // ln2 low part
+  b r = xsimd::fnma(k, b(0.693359375f), xc);  // ln2 high part (exact product for |k| <= 2^11)
+  r = xsimd::fnma(k, b(-2.12194440e-4f), r);  // ln2 low part
   // Degree-5 polynomial, near-minimax for relative error on [-ln2/2, ln2/2] (max 1.05e-7 before rounding).
   b p(8.3125173518e-03f);
   p = xsimd::fma(p, r, b(4.1890116211e-02f));

@@ -1,22 +1,21 @@
 // Reusable row primitives of the SIMD backend (also meant for fused kernels elsewhere in kd, e.g. policy gradients):
 //
-//   load_chunk<Arch>(x, n, buf)        n <= chunk elements of float / double / bf16 / fp16 as float32 (float rows: no copy)
-//   store_chunk<Arch>(dst, src, n)     float32 -> G (round to nearest even; NaN stays NaN)
-//   for_each_batch<Arch>(n, f)         f(j, lane_mask_or_none) over batches covering [0, n); the last partial batch gets a mask
-//   load_padded<Arch>(p, j, n, pad)    the batch at p + j, lanes >= n - j set to pad (no out-of-bounds read)
-//   row_logsumexp<Arch>(x, n, inv_t)   online (single-pass over memory) log-sum-exp of x / T, in L1-sized chunks
+//   load_chunk<Arch>(x, n, buf)        n <= chunk elements of float / double / bf16 / fp16 as float32 (float rows: no
+//   copy) store_chunk<Arch>(dst, src, n)     float32 -> G (round to nearest even; NaN stays NaN)
+//   for_each_batch<Arch>(n, f)         f(j, lane_mask_or_none) over batches covering [0, n); the last partial batch
+//   gets a mask load_padded<Arch>(p, j, n, pad)    the batch at p + j, lanes >= n - j set to pad (no out-of-bounds
+//   read) row_logsumexp<Arch>(x, n, inv_t)   online (single-pass over memory) log-sum-exp of x / T, in L1-sized chunks
 //
-// All functions take Arch as a template parameter so that translation units compiled with different -m flags never share a
-// symbol (kd::dispatch builds one per instruction set).
+// All functions take Arch as a template parameter so that translation units compiled with different -m flags never
+// share a symbol (kd::dispatch builds one per instruction set).
 #pragma once
 
+#include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <type_traits>
-
-#include <Eigen/Core>
 #include <xsimd/xsimd.hpp>
 
 #include "../tensor.hpp"
@@ -52,7 +51,7 @@ inline std::uint16_t float_to_bf16(float f) noexcept {
   std::uint32_t u;
   std::memcpy(&u, &f, 4);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  u += 0x7fffu + ((u >> 16) & 1u);                                                            // round to nearest even
   return static_cast<std::uint16_t>(u >> 16);
 }
 template <class A>
@@ -66,7 +65,10 @@ inline float half_to_float(std::uint16_t h) noexcept {
       u = sign;
     } else {  // subnormal half: normalize
       int s = -1;
-      do { ++s; m <<= 1; } while ((m & 0x400u) == 0);
+      do {
+        ++s;
+        m <<= 1;
+      } while ((m & 0x400u) == 0);
       u = sign | ((112u - static_cast<std::uint32_t>(s)) << 23) | ((m & 0x3ffu) << 13);
     }
   } else {
@@ -99,17 +101,25 @@ inline std::uint16_t float_to_half(float f) noexcept {
 template <class A, class T>
 inline float elem_to_float(const T& x) noexcept {
   using U = std::remove_cv_t<T>;
-  if constexpr (std::is_same_v<U, float>) return x;
-  else if constexpr (std::is_same_v<U, double>) return static_cast<float>(x);
-  else if constexpr (std::is_same_v<U, Eigen::bfloat16>) return bf16_to_float<A>(x.value);
-  else return half_to_float<A>(x.x);
+  if constexpr (std::is_same_v<U, float>)
+    return x;
+  else if constexpr (std::is_same_v<U, double>)
+    return static_cast<float>(x);
+  else if constexpr (std::is_same_v<U, Eigen::bfloat16>)
+    return bf16_to_float<A>(x.value);
+  else
+    return half_to_float<A>(x.x);
 }
 template <class A, class T>
 inline void float_to_elem(float f, T& out) noexcept {
-  if constexpr (std::is_same_v<T, float>) out = f;
-  else if constexpr (std::is_same_v<T, double>) out = static_cast<double>(f);
-  else if constexpr (std::is_same_v<T, Eigen::bfloat16>) out.value = float_to_bf16<A>(f);
-  else out.x = float_to_half<A>(f);
+  if constexpr (std::is_same_v<T, float>)
+    out = f;
+  else if constexpr (std::is_same_v<T, double>)
+    out = static_cast<double>(f);
+  else if constexpr (std::is_same_v<T, Eigen::bfloat16>)
+    out.value = float_to_bf16<A>(f);
+  else
+    out.x = float_to_half<A>(f);
 }
 
 // n (<= chunk) elements of x as float32: x itself for float rows, else converted into buf.
@@ -265,13 +275,15 @@ inline double chunk_sum_exp(const float* x, std::int64_t n, float inv_t, float m
     s0 += exp<A>(xsimd::fms(b::load_unaligned(x + j), it, mb));
     s1 += exp<A>(xsimd::fms(b::load_unaligned(x + j + width<A>), it, mb));
   }
-  for (; j < n; j += width<A>) s0 += exp<A>(xsimd::fms(load_padded<A>(x, j, n, -std::numeric_limits<float>::infinity()), it, mb));
+  for (; j < n; j += width<A>)
+    s0 += exp<A>(xsimd::fms(load_padded<A>(x, j, n, -std::numeric_limits<float>::infinity()), it, mb));
   return hsum<A>(s0 + s1);
 }
 
 // Online log-sum-exp of one row x[0..n) at temperature (y = x * inv_t), reading the row from memory once: each L1-sized
-// chunk is scanned for its max, the running sum is rescaled when the max grows, then the chunk's exponentials are summed
-// (read from L1). Returns the state; .value() is the log-sum-exp (NaN / +inf / -inf conventions of the reference backend).
+// chunk is scanned for its max, the running sum is rescaled when the max grows, then the chunk's exponentials are
+// summed (read from L1). Returns the state; .value() is the log-sum-exp (NaN / +inf / -inf conventions of the reference
+// backend).
 template <class A, class T>
 inline online_lse<A> row_logsumexp(const T* x, std::int64_t n, float inv_t) noexcept {
   online_lse<A> st;
