@@ -17,9 +17,10 @@ namespace detail {
 
 template <class T>
 inline bool fully_masked(const T* x, std::int64_t cols) noexcept {
-  constexpr float ninf = -std::numeric_limits<float>::infinity();
+  // Compared in double: a finite double logit below -FLT_MAX is not a mask (converting it to float gave -inf; fuzzing).
+  constexpr double ninf = -std::numeric_limits<double>::infinity();
   for (std::int64_t j = 0; j < cols; ++j)
-    if (!(to_float(x[j]) == ninf)) return false;  // NaN counts as "not masked": the main pass reports it
+    if (!(to_double(x[j]) == ninf)) return false;  // NaN counts as "not masked": the main pass reports it
   return true;
 }
 

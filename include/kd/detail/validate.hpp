@@ -1,8 +1,10 @@
 // Argument checks shared by every backend. They run before any output is written (outputs stay untouched on error).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "../divergence_spec.hpp"
 #include "../options.hpp"
@@ -22,8 +24,9 @@ status validate_rows(const const_rows<T>& x, const char* name) {
 }
 
 inline status validate_temperature(double t) {
-  if (!(std::isfinite(t) && t > 0.0))
-    return make_error(errc::invalid_argument, "temperature", "must be finite and > 0", t);
+  // 1 / T must be finite too: a subnormal T (< ~5.6e-309) makes 1/T = inf and 0 * inf = NaN logits (found by fuzzing).
+  if (!(std::isfinite(t) && t > 0.0 && std::isfinite(1.0 / t)))
+    return make_error(errc::invalid_argument, "temperature", "must be finite and > 0 (and 1/T finite)", t);
   return ok_status();
 }
 
@@ -50,10 +53,28 @@ inline status validate_options(const distill_options& o, std::int64_t rows) {
                       o.normalizer);
   if (!o.labels.empty() && o.labels.size != rows)
     return make_error(errc::invalid_argument, "labels", "must have one entry per row", double(o.labels.size));
-  if (o.row_weights)
-    for (std::int64_t r = 0; r < rows; ++r)
-      if (!(std::isfinite(o.row_weights[r]) && o.row_weights[r] >= 0.0f))
-        return make_error(errc::invalid_argument, "row_weights", "must be finite and >= 0", o.row_weights[r], r);
+  double w_max = 1.0, w_min = 1.0;  // over positive weights
+  if (o.row_weights) {
+    w_max = 0.0;
+    w_min = std::numeric_limits<double>::infinity();
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const double w = o.row_weights[r];
+      if (!(std::isfinite(w) && w >= 0.0))
+        return make_error(errc::invalid_argument, "row_weights", "must be finite and >= 0", w, r);
+      if (w > 0.0) w_max = std::max(w_max, w), w_min = std::min(w_min, w);
+    }
+    if (w_max == 0.0) w_min = 1.0;
+  }
+  // Every scale a backend applies must be finite: T^2 (t2_scale), w T^2 (per-row values) and w T^2 / (denominator T)
+  // (gradients, bounded here with the smallest possible denominator). Otherwise inf * 0 puts NaN into rows whose loss or
+  // gradient is exactly 0, under an ok status (found by fuzzing: T = 1e300 with t2_scale, normalizer = 1e-319).
+  const double t2 = o.t2_scale ? o.temperature * o.temperature : 1.0;
+  const double d0 = o.reduction == reduction::normalizer ? o.normalizer : (o.reduction == reduction::mean ? w_min : 1.0);
+  const double grad_scale = w_max * (t2 / d0) / o.temperature;
+  if (!(std::isfinite(t2) && std::isfinite(w_max * t2) && std::isfinite(t2 / d0) && std::isfinite(grad_scale)))
+    return make_error(errc::invalid_argument,
+                      o.reduction == reduction::normalizer ? "normalizer" : (o.row_weights ? "row_weights" : "temperature"),
+                      "the loss or gradient scale w T^2 / (denominator T) overflows double", grad_scale);
   return ok_status();
 }
 
@@ -67,6 +88,10 @@ inline status validate_divergence(const divergence& d) {
     case divergence_kind::skew_reverse_kl:
       if (!(d.param >= 0.0 && d.param < 1.0))
         return make_error(errc::invalid_argument, "alpha", "must be in [0, 1)", d.param);
+      // p / m <= 1 / alpha must be finite: a subnormal alpha overflows it and gives NaN gradients (found by fuzzing).
+      if (d.param > 0.0 && d.param < std::numeric_limits<double>::min())
+        return make_error(errc::invalid_argument, "alpha", "must be 0 or >= 2.2250738585072014e-308 (not subnormal)",
+                          d.param);
       break;
     case divergence_kind::forward_kl:
     case divergence_kind::reverse_kl:
