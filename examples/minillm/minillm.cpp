@@ -71,6 +71,7 @@ struct config {
   std::string pg_variant = "paper";  // kd::pg_options preset: paper | reference (LMOps code: r_t included, gamma 0.95,
                                      // divide by n_t, whitened advantages)
   double pg_clip = 0.0;              // PPO clip range (0: off; one on-policy update per rollout)
+  double pg_reward_scale = 1.0;      // rewards are divided by this; a huge value switches the long-term term off (ablation)
   double heldout_fraction = 0.05;
   int max_records = 0;  // 0: all
   std::uint64_t seed = 1;
@@ -112,6 +113,7 @@ const char* kUsage =
     "  --alpha X            MiniLLM teacher-mix ratio (0.2); --lm-weight X MiniLLM LM term (1); --gkd-beta X (0.5)\n"
     "  --pg-variant NAME    MiniLLM estimator preset: paper (Eq. 4-7, default) or reference (LMOps code defaults)\n"
     "  --pg-clip X          MiniLLM PPO clip range (0 = off, default: one on-policy update per rollout)\n"
+    "  --pg-reward-scale X  MiniLLM rewards divided by X (1); e.g. 1e9 leaves only the single-step term (ablation)\n"
     "  --teacher-lr X --student-lr X   (2e-3, 5e-4)\n"
     "  --max-records N      use at most N corpus records (0: all)\n"
     "  --seed N             (1); a fixed seed makes the run reproducible\n"
@@ -174,6 +176,7 @@ config parse_args(int argc, char** argv) {
       if (c.pg_variant != "paper" && c.pg_variant != "reference")
         throw usage_error("--pg-variant must be paper or reference, got '" + c.pg_variant + "'");
     } else if (f == "--pg-clip") c.pg_clip = to_double(f, need(i), 0.0, 0.99);
+    else if (f == "--pg-reward-scale") c.pg_reward_scale = to_double(f, need(i), 1e-6, 1e30);
     else if (f == "--teacher-lr") c.teacher_lr = to_double(f, need(i), 0.0, 1.0);
     else if (f == "--student-lr") c.student_lr = to_double(f, need(i), 0.0, 1.0);
     else if (f == "--max-records") c.max_records = to_int(f, need(i), 0);
@@ -1034,7 +1037,8 @@ struct trainer {
         // length-normalized returns (paper Eq. 6) and per-token importance weights for teacher-mixed sampling.
         kd::pg_options po = cfg.pg_variant == "paper" ? kd::pg_options::paper() : kd::pg_options::reference_code();
         po.alpha = cfg.alpha;
-        po.clip_range = cfg.pg_clip;  // default 0: one on-policy update per rollout, the ratio is the importance weight
+        po.clip_range = cfg.pg_clip;
+        po.reward_scale = cfg.pg_reward_scale;  // default 0: one on-policy update per rollout, the ratio is the importance weight
         kd::pg_diagnostics diag;
         Tensor pg = kdt::policy_gradient(sl, tl, y, gen.mask.contiguous(), po, &diag);
         aux1 = diag.token_reverse_kl;
