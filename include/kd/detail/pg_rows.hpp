@@ -75,8 +75,9 @@ struct ref_rows {
 // Fast (float) rows on the SIMD backend's row primitives (detail/simd_row.hpp, detail/simd_exp.hpp) for instruction set A.
 // Rows are processed in L1-sized chunks (detail::simd::chunk) exactly like the backend's fused KL row (online max /
 // sum-exp with rescaling), so pass 1 reads each input row once; pass 2 reads them once more and writes the gradient once.
-// Partial sums are accumulated per chunk in float lanes and across chunks in double. Masked (-inf) entries contribute
-// exactly 0 (selects on e == 0, never 0 * inf), so one loop serves masked and unmasked rows.
+// Partial sums are accumulated per chunk in float lanes and across chunks in double. Pass 1 runs the backend's optimistic
+// fused-KL loop first and, for rows with masked (-inf) or non-finite entries, a careful loop whose selects make masked
+// entries contribute exactly 0 (never 0 * inf); pass 2 always selects q_j = 0 -> 0.
 
 template <class A, class S, class P>
 struct fast_rows {
@@ -85,37 +86,88 @@ struct fast_rows {
 
   explicit fast_rows(std::int64_t) {}
 
-  int pass1(const S* zs, const P* zt, std::int64_t n, double inv_t_d, row_state& s) const noexcept {
-    const float inv_t = static_cast<float>(inv_t_d);
-    const bool teacher = s.needs_teacher();
-    const b it(inv_t), zero(0.0f);
-    alignas(64) float bs[simd::chunk], bt[simd::chunk];
+  // Row sums of pass 1: maxima ms, mt of z / T, ss = sum exp(ys - ms), st = sum exp(yt - mt), and the KL numerator.
+  struct sums {
     float ms = ninf, mt = ninf;
     double ss = 0.0, st = 0.0, dd = 0.0;
-    simd::nonfinite_flags fs, ft;
+    // dd = sum_j e_s,j (xs_j - xt_j) / T, e_s = exp(ys - ms): sum_j q_j (ys_j - yt_j) = dd / ss
+  };
+
+  // The optimistic loop for rows without -inf / NaN / +inf (the structure of the backend's fused KL pass A, without
+  // selects): dd = sum e_s (xs - xt) / T, with (xs - xt) / T rather than ys - yt so that the KL stays accurate when the
+  // models agree at low T (pitfall 14). Returns false (the caller then runs the careful loop) on a fully masked chunk or
+  // non-finite sums (a -inf entry makes 0 * -inf = NaN, a NaN / +inf too).
+  static bool fast_sums(const S* zs, const P* zt, std::int64_t n, float inv_t, sums& r) noexcept {
+    const b it(inv_t);
+    alignas(64) float bs[simd::chunk], bt[simd::chunk];
     for (std::int64_t j0 = 0; j0 < n; j0 += simd::chunk) {
       const std::int64_t len = n - j0 < simd::chunk ? n - j0 : simd::chunk;
       const float* cs = simd::load_chunk<A>(zs + j0, len, bs);
-      const float cms = simd::chunk_max<A>(cs, len, inv_t, fs);
-      if (fs.nan || fs.pinf) return 1;
+      const float* ct = simd::load_chunk<A>(zt + j0, len, bt);
+      // max(z) / T == max(z / T) (T > 0, rounding is monotonic).
+      const float cms = simd::chunk_max_raw<A>(cs, len) * inv_t, cmt = simd::chunk_max_raw<A>(ct, len) * inv_t;
+      if (!(cms > ninf && cmt > ninf)) return false;
+      const float ns = cms > r.ms ? cms : r.ms, nt = cmt > r.mt ? cmt : r.mt;
+      if (ns != r.ms || nt != r.mt) {
+        const double fs = std::exp(static_cast<double>(r.ms) - ns), ft = std::exp(static_cast<double>(r.mt) - nt);
+        r.dd *= fs;
+        r.ss *= fs;
+        r.st *= ft;
+        r.ms = ns;
+        r.mt = nt;
+      }
+      const b mbs(r.ms), mbt(r.mt);
+      b as(0.0f), at(0.0f), ad(0.0f);
+      std::int64_t j = 0;
+      for (; j + simd::width<A> <= len; j += simd::width<A>) {
+        const b xs = b::load_unaligned(cs + j), xt = b::load_unaligned(ct + j);
+        const b es = simd::exp<A>(xsimd::fms(xs, it, mbs));
+        as += es;
+        at += simd::exp<A>(xsimd::fms(xt, it, mbt));
+        ad = xsimd::fma(es, (xs - xt) * it, ad);
+      }
+      if (j < len) {  // tail: pad with 0 (finite), mask the contributions
+        const auto m = simd::lane_mask<A>(len - j);
+        const b xs = simd::load_padded<A>(cs, j, len, 0.0f), xt = simd::load_padded<A>(ct, j, len, 0.0f);
+        const b es = xsimd::select(m, simd::exp<A>(xsimd::fms(xs, it, mbs)), b(0.0f));
+        as += es;
+        at += xsimd::select(m, simd::exp<A>(xsimd::fms(xt, it, mbt)), b(0.0f));
+        ad = xsimd::fma(es, (xs - xt) * it, ad);
+      }
+      r.ss += simd::hsum<A>(as);
+      r.st += simd::hsum<A>(at);
+      r.dd += simd::hsum<A>(ad);
+    }
+    return std::isfinite(r.ss) && std::isfinite(r.st) && std::isfinite(r.dd);
+  }
+
+  // The careful loop: masked (-inf) entries contribute exactly 0 (selects on e == 0, never 0 * inf); a NaN or +inf makes
+  // the sums NaN (reported by the caller); a teacher -inf under student mass makes dd +inf (KL = +inf).
+  static void careful_sums(const S* zs, const P* zt, std::int64_t n, float inv_t, bool teacher, sums& r) noexcept {
+    const b it(inv_t), zero(0.0f);
+    alignas(64) float bs[simd::chunk], bt[simd::chunk];
+    r = sums{};
+    for (std::int64_t j0 = 0; j0 < n; j0 += simd::chunk) {
+      const std::int64_t len = n - j0 < simd::chunk ? n - j0 : simd::chunk;
+      const float* cs = simd::load_chunk<A>(zs + j0, len, bs);
+      const float cms = simd::chunk_max_raw<A>(cs, len) * inv_t;
       const float* ct = nullptr;
       float cmt = ninf;
       if (teacher) {
         ct = simd::load_chunk<A>(zt + j0, len, bt);
-        cmt = simd::chunk_max<A>(ct, len, inv_t, ft);
-        if (ft.nan || ft.pinf) return 2;
+        cmt = simd::chunk_max_raw<A>(ct, len) * inv_t;
       }
-      if (cms > ms) {  // rescale the student sums (dd is student-weighted)
-        const double f = ms == ninf ? 0.0 : std::exp(static_cast<double>(ms) - cms);
-        ss *= f;
-        dd *= f;
-        ms = cms;
+      if (cms > r.ms) {  // rescale the student sums (dd is student-weighted)
+        const double f = r.ms == ninf ? 0.0 : std::exp(static_cast<double>(r.ms) - cms);
+        r.ss *= f;
+        r.dd *= f;
+        r.ms = cms;
       }
-      if (cmt > mt) {
-        st *= mt == ninf ? 0.0 : std::exp(static_cast<double>(mt) - cmt);
-        mt = cmt;
+      if (cmt > r.mt) {
+        r.st *= r.mt == ninf ? 0.0 : std::exp(static_cast<double>(r.mt) - cmt);
+        r.mt = cmt;
       }
-      const b mbs(ms == ninf ? 0.0f : ms), mbt(mt == ninf ? 0.0f : mt);  // all -inf so far: every e is 0 anyway
+      const b mbs(r.ms == ninf ? 0.0f : r.ms), mbt(r.mt == ninf ? 0.0f : r.mt);  // all -inf so far: every e is 0
       b as(0.0f), at(0.0f), ad(0.0f);
       if (teacher) {
         for (std::int64_t j = 0; j < len; j += simd::width<A>) {
@@ -123,38 +175,42 @@ struct fast_rows {
           const b es = simd::exp<A>(xsimd::fms(xs, it, mbs));
           as += es;
           at += simd::exp<A>(xsimd::fms(xt, it, mbt));
-          // (xs - xt) / T rather than xs / T - xt / T: exact-ish when the models agree, even at low T (pitfall 14).
-          // q_j = 0 contributes 0; p_j = 0 under q_j > 0 gives +inf (support mismatch).
           ad += xsimd::select(es != zero, es * ((xs - xt) * it), zero);
         }
       } else {
         for (std::int64_t j = 0; j < len; j += simd::width<A>)
-          as += simd::exp<A>(simd::load_padded<A>(cs, j, len, ninf) * it - mbs);
+          as += simd::exp<A>(xsimd::fms(simd::load_padded<A>(cs, j, len, ninf), it, mbs));
       }
-      ss += simd::hsum<A>(as);
-      st += simd::hsum<A>(at);
-      dd += simd::hsum<A>(ad);
+      r.ss += simd::hsum<A>(as);
+      r.st += simd::hsum<A>(at);
+      r.dd += simd::hsum<A>(ad);
     }
-    if (ms == ninf) {  // fully masked student row
+  }
+
+  int pass1(const S* zs, const P* zt, std::int64_t n, double inv_t_d, row_state& s) const noexcept {
+    const float inv_t = static_cast<float>(inv_t_d);
+    const bool teacher = s.needs_teacher();
+    sums r;
+    s.finite_row = teacher && fast_sums(zs, zt, n, inv_t, r);
+    if (!s.finite_row) careful_sums(zs, zt, n, inv_t, teacher, r);
+    if (r.ms == ninf) {  // fully masked student row
       s.lse_s = -std::numeric_limits<double>::infinity();
       return 1;
     }
-    s.lse_s = static_cast<double>(ms) + std::log(ss);
-    // A NaN makes the sum NaN. (chunk_max's NaN flag is not relied on: on AVX/AVX-512 xsimd's `x != x` is an ordered
-    // compare, false for NaN.)
-    if (!std::isfinite(s.lse_s)) return 1;
+    s.lse_s = static_cast<double>(r.ms) + std::log(r.ss);
+    if (!std::isfinite(s.lse_s)) return 1;  // a NaN or +inf entry made the sum NaN
     if (s.y_lm >= 0) s.lq_lm = static_cast<double>(simd::elem_to_float<A>(zs[s.y_lm]) * inv_t) - s.lse_s;
     if (!teacher) return 0;
-    if (mt == ninf) {
+    if (r.mt == ninf) {
       s.lse_t = -std::numeric_limits<double>::infinity();
       return 2;
     }
-    s.lse_t = static_cast<double>(mt) + std::log(st);
+    s.lse_t = static_cast<double>(r.mt) + std::log(r.st);
     if (!std::isfinite(s.lse_t)) return 2;
     s.lq_y = static_cast<double>(simd::elem_to_float<A>(zs[s.y]) * inv_t) - s.lse_s;
     s.lp_y = static_cast<double>(simd::elem_to_float<A>(zt[s.y]) * inv_t) - s.lse_t;
     // KL(q || p) = sum_j q_j (ys_j - yt_j) - lse_s + lse_t = dd / ss - lse_s + lse_t; identical rows give exactly 0.
-    s.kl = dd / ss - s.lse_s + s.lse_t;
+    s.kl = r.dd / r.ss - s.lse_s + s.lse_t;
     if (!(s.kl < std::numeric_limits<double>::infinity())) s.kl = std::numeric_limits<double>::infinity();
     return 0;
   }
@@ -187,10 +243,18 @@ struct fast_rows {
       if (single) {
         const float* ct = simd::load_chunk<A>(zt + j0, len, bt);
         std::int64_t j = 0;
-        for (; j + simd::width<A> <= len; j += simd::width<A>) {
-          const b xs = b::load_unaligned(cs + j), xt = b::load_unaligned(ct + j);
-          const b q = simd::exp<A>(xsimd::fms(xs, it, ls));
-          xsimd::select(q == zero, zero, q * xsimd::fma(csb, xsimd::fms(xs - xt, it, kb), c0)).store_unaligned(cg + j);
+        if (s.finite_row) {  // no -inf anywhere in the row: no select needed (the common case)
+          for (; j + simd::width<A> <= len; j += simd::width<A>) {
+            const b xs = b::load_unaligned(cs + j), xt = b::load_unaligned(ct + j);
+            const b q = simd::exp<A>(xsimd::fms(xs, it, ls));
+            (q * xsimd::fma(csb, xsimd::fms(xs - xt, it, kb), c0)).store_unaligned(cg + j);
+          }
+        } else {
+          for (; j + simd::width<A> <= len; j += simd::width<A>) {
+            const b xs = b::load_unaligned(cs + j), xt = b::load_unaligned(ct + j);
+            const b q = simd::exp<A>(xsimd::fms(xs, it, ls));
+            xsimd::select(q == zero, zero, q * xsimd::fma(csb, xsimd::fms(xs - xt, it, kb), c0)).store_unaligned(cg + j);
+          }
         }
         if (j < len) {
           const b xs = simd::load_padded<A>(cs, j, len, ninf), xt = simd::load_padded<A>(ct, j, len, 0.0f);
