@@ -217,7 +217,7 @@ Per vocabulary entry (fp32, one row of V entries, both sides read, student gradi
 | JSD(beta) fwd+bwd | 12 (+4) | 16 (passes 2 and 3) | 8 + 2 log1p | ~60 (log-space mixture, masks) |
 | composed baseline | ~60-90 (one N x V temporary per op) | - | 3-4 | many passes |
 
-- Pass A (online max / sum-exp of both rows, L1-sized chunks of 1024 entries) streams both rows from DRAM once; the
+- Pass A (online max / sum-exp of both rows, L1-sized chunks of 2048 entries) streams both rows from DRAM once; the
   chunk is re-read from L1 for the exponentials. Pass B re-reads the row from L2/L3: at V = 128256 a row of both inputs is
   1 MiB, the size of L2, so it comes back from L3 (32 MiB, shared) - cheap in bandwidth, but it adds latency and the
   hardware prefetcher has to follow two more streams.

@@ -49,7 +49,7 @@ template <class Backend>
 void run_suite(const Backend& be) {
   SECTION("all divergences, fp32, odd vocabulary sizes, teacher gradient") {
     for (const auto& d : all_divergences())
-      for (std::int64_t cols : {1, 3, 17, 1000, 1024 + 37, 3 * 1024 + 5}) {
+      for (std::int64_t cols : {1, 3, 17, 1000, 2048 + 37, 3 * 2048 + 5}) {
         case_spec c;
         c.d = d;
         c.cols = cols;
@@ -67,7 +67,7 @@ void run_suite(const Backend& be) {
           case_spec c;
           c.d = d;
           c.rows = 7;
-          c.cols = 1024 + 129;
+          c.cols = 2048 + 129;
           c.stride = c.cols + 3;
           c.masked = (k % 2) ? 0.1 : 0.0;
           c.temperature = temp;
@@ -83,7 +83,7 @@ void run_suite(const Backend& be) {
   SECTION("bf16 and fp16 inputs, fp32 and input-type gradients") {
     int k = 0;
     for (const auto& d : all_divergences())
-      for (std::int64_t cols : {5, 1024 + 77}) {
+      for (std::int64_t cols : {5, 2048 + 77}) {
         case_spec c;
         c.d = d;
         c.rows = 4;
@@ -167,7 +167,7 @@ void run_suite(const Backend& be) {
     for (float v : g) CHECK(v == 0.0f);
   }
   SECTION("value errors: code, argument, first offending row, NaN gradient rows as the reference") {
-    const std::int64_t rows = 5, cols = 1100;
+    const std::int64_t rows = 5, cols = 2100;
     for (const auto& d : all_divergences()) {
       for (int kind = 0; kind < 5; ++kind) {
         auto zs = kdt::random_logits<double>(rows, cols, 11, 2.0, 0.0);
@@ -178,7 +178,7 @@ void run_suite(const Backend& be) {
         c.cols = cols;
         switch (kind) {
           case 0:
-            zs[3 * cols + 1050] = NAN;
+            zs[3 * cols + 2080] = NAN;
             zt[4 * cols + 2] = NAN;
             break;  // student NaN row 3 first
           case 1:
@@ -232,7 +232,7 @@ void run_suite(const Backend& be) {
     CHECK(std::isnan(r1.loss));
   }
   SECTION("in-place gradients equal out-of-place ones bitwise") {
-    const std::int64_t rows = 3, cols = 1024 + 21, stride = cols + 2;
+    const std::int64_t rows = 3, cols = 2048 + 21, stride = cols + 2;
     for (const auto& d : all_divergences()) {
       INFO(kd::divergence_name(d.kind) << "(" << d.param << ")");
       // Shared masks (so every divergence is finite), different values elsewhere.

@@ -144,7 +144,7 @@ inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row
     std::int64_t j = 0;
     for (; j + width<A> <= len; j += width<A>) {
       const b us = xsimd::fms(b::load_unaligned(cs + j), it, mbs), ut = xsimd::fms(b::load_unaligned(ct + j), it, mbt);
-      const b es = exp<A>(us), et = exp<A>(ut);
+      const b es = exp_nonpos<A>(us), et = exp_nonpos<A>(ut);
       as += es;
       at += et;
       ad = x_is_student ? xsimd::fma(es, us - ut, ad) : xsimd::fma(et, ut - us, ad);
@@ -153,7 +153,7 @@ inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row
       const auto m = lane_mask<A>(len - j);
       const b us = xsimd::fms(load_padded<A>(cs, j, len, 0.0f), it, mbs);
       const b ut = xsimd::fms(load_padded<A>(ct, j, len, 0.0f), it, mbt);
-      const b es = xsimd::select(m, exp<A>(us), b(0.0f)), et = xsimd::select(m, exp<A>(ut), b(0.0f));
+      const b es = xsimd::select(m, exp_nonpos<A>(us), b(0.0f)), et = xsimd::select(m, exp_nonpos<A>(ut), b(0.0f));
       as += es;
       at += et;
       ad = x_is_student ? xsimd::fma(es, us - ut, ad) : xsimd::fma(et, ut - us, ad);
@@ -194,12 +194,12 @@ inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row
     auto body = [&](std::int64_t j, const b& zs, const b& zt, auto store) {
       const b lq = xsimd::fms(zs, it, mbs) - ls, lp = xsimd::fms(zt, it, mbt) - lt;
       if (x_is_student) {  // reverse KL: gq = c q (lq - lp - KL), gp = c (p - q)
-        const b q = exp<A>(lq);
+        const b q = exp_nonpos<A>(lq);
         if (gs) store(gs, j, cb * q * ((lq - lp) - kb));
-        if (gt) store(gt, j, cb * (exp<A>(lp) - q));
+        if (gt) store(gt, j, cb * (exp_nonpos<A>(lp) - q));
       } else {  // forward KL: gq = c (q - p), gp = c p (lp - lq - KL)
-        const b p = exp<A>(lp);
-        if (gs) store(gs, j, cb * (exp<A>(lq) - p));
+        const b p = exp_nonpos<A>(lp);
+        if (gs) store(gs, j, cb * (exp_nonpos<A>(lq) - p));
         if (gt) store(gt, j, cb * p * ((lp - lq) - kb));
       }
     };
@@ -227,7 +227,7 @@ inline fbatch<A> log_mix(const fbatch<A>& lx, const fbatch<A>& ly, const fbatch<
                          const fbatch<A>& log_1ma) noexcept {
   const fbatch<A> u = lx + log_a, v = ly + log_1ma;
   const fbatch<A> m = xsimd::max(u, v);
-  const fbatch<A> r = m + xsimd::log1p(exp<A>(-xsimd::abs(u - v)));
+  const fbatch<A> r = m + xsimd::log1p(exp_nonpos<A>(-xsimd::abs(u - v)));
   return xsimd::select(lx == ly, lx, r);
 }
 
@@ -238,14 +238,14 @@ struct kl_kernel {  // KL(x || y)
                   xsimd::batch_bool<float, A>& mm) const noexcept {
     const auto xm = lx == ninf_b<A>();
     mm = mm || (!xm && (ly == ninf_b<A>()));
-    acc[0] += xsimd::select(xm, fbatch<A>(0.0f), exp<A>(lx) * (lx - ly));
+    acc[0] += xsimd::select(xm, fbatch<A>(0.0f), exp_nonpos<A>(lx) * (lx - ly));
   }
   bool finish(const double* s, bool mismatch) noexcept {
     loss = mismatch ? std::numeric_limits<double>::infinity() : s[0];
     return true;
   }
   void grad(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>& gx, fbatch<A>& gy) const noexcept {
-    const fbatch<A> x = exp<A>(lx), y = exp<A>(ly);
+    const fbatch<A> x = exp_nonpos<A>(lx), y = exp_nonpos<A>(ly);
     gy = y - x;
     gx = xsimd::select(lx == ninf_b<A>(), fbatch<A>(0.0f), x * ((lx - ly) - fbatch<A>(static_cast<float>(loss))));
   }
@@ -264,8 +264,8 @@ struct jsd_kernel {  // b KL(x || m) + (1 - b) KL(y || m), m = b x + (1 - b) y
   void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc,
                   xsimd::batch_bool<float, A>&) const noexcept {
     const fbatch<A> lm = log_mix<A>(lx, ly, fbatch<A>(log_b), fbatch<A>(log_1mb));
-    acc[0] += xsimd::select(lx == ninf_b<A>(), fbatch<A>(0.0f), exp<A>(lx) * (lx - lm));
-    acc[1] += xsimd::select(ly == ninf_b<A>(), fbatch<A>(0.0f), exp<A>(ly) * (ly - lm));
+    acc[0] += xsimd::select(lx == ninf_b<A>(), fbatch<A>(0.0f), exp_nonpos<A>(lx) * (lx - lm));
+    acc[1] += xsimd::select(ly == ninf_b<A>(), fbatch<A>(0.0f), exp_nonpos<A>(ly) * (ly - lm));
   }
   bool finish(const double* s, bool) noexcept {
     kx = s[0];
@@ -277,8 +277,8 @@ struct jsd_kernel {  // b KL(x || m) + (1 - b) KL(y || m), m = b x + (1 - b) y
     using b = fbatch<A>;
     const b lm = log_mix<A>(lx, ly, b(log_b), b(log_1mb));
     gy = xsimd::select(ly == ninf_b<A>(), b(0.0f),
-                       b(1.0f - beta) * exp<A>(ly) * ((ly - lm) - b(static_cast<float>(ky))));
-    gx = xsimd::select(lx == ninf_b<A>(), b(0.0f), b(beta) * exp<A>(lx) * ((lx - lm) - b(static_cast<float>(kx))));
+                       b(1.0f - beta) * exp_nonpos<A>(ly) * ((ly - lm) - b(static_cast<float>(ky))));
+    gx = xsimd::select(lx == ninf_b<A>(), b(0.0f), b(beta) * exp_nonpos<A>(lx) * ((lx - lm) - b(static_cast<float>(kx))));
   }
 };
 
@@ -296,10 +296,10 @@ struct skew_kernel {  // KL(x || a x + (1 - a) y)
     const b lm = log_mix<A>(lx, ly, b(log_a), b(log_1ma));
     const b r = lx - lm, em = xsimd::expm1(r);
     const auto xm = lx == ninf_b<A>();
-    const b x = exp<A>(lx);
+    const b x = exp_nonpos<A>(lx);
     acc[0] += xsimd::select(xm, b(0.0f), x * r);
     acc[1] += xsimd::select(xm, b(0.0f), x * xsimd::fnma(b(a), em, r));
-    acc[2] += xsimd::select(ly == ninf_b<A>(), b(0.0f), exp<A>(ly) * em);
+    acc[2] += xsimd::select(ly == ninf_b<A>(), b(0.0f), exp_nonpos<A>(ly) * em);
   }
   bool finish(const double* s, bool) noexcept {
     loss = s[0];
@@ -311,8 +311,8 @@ struct skew_kernel {  // KL(x || a x + (1 - a) y)
     using b = fbatch<A>;
     const b lm = log_mix<A>(lx, ly, b(log_a), b(log_1ma));
     const b r = lx - lm, em = xsimd::expm1(r);
-    gy = xsimd::select(ly == ninf_b<A>(), b(0.0f), b(1.0f - a) * exp<A>(ly) * (b(static_cast<float>(yd)) - em));
-    gx = xsimd::select(lx == ninf_b<A>(), b(0.0f), exp<A>(lx) * (xsimd::fnma(b(a), em, r) - b(static_cast<float>(xh))));
+    gy = xsimd::select(ly == ninf_b<A>(), b(0.0f), b(1.0f - a) * exp_nonpos<A>(ly) * (b(static_cast<float>(yd)) - em));
+    gx = xsimd::select(lx == ninf_b<A>(), b(0.0f), exp_nonpos<A>(lx) * (xsimd::fnma(b(a), em, r) - b(static_cast<float>(xh))));
   }
 };
 
@@ -325,7 +325,7 @@ struct tvd_kernel {  // (1/2) sum |x - y|
   }
   void accumulate(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>* acc,
                   xsimd::batch_bool<float, A>&) const noexcept {
-    const fbatch<A> x = exp<A>(lx), y = exp<A>(ly);
+    const fbatch<A> x = exp_nonpos<A>(lx), y = exp_nonpos<A>(ly);
     const fbatch<A> s = sign(y - x);
     acc[0] += xsimd::abs(x - y);
     acc[1] += y * s;
@@ -339,7 +339,7 @@ struct tvd_kernel {  // (1/2) sum |x - y|
   }
   void grad(const fbatch<A>& lx, const fbatch<A>& ly, fbatch<A>& gx, fbatch<A>& gy) const noexcept {
     using b = fbatch<A>;
-    const b x = exp<A>(lx), y = exp<A>(ly);
+    const b x = exp_nonpos<A>(lx), y = exp_nonpos<A>(ly);
     const b s = sign(y - x);
     gy = b(0.5f) * y * (s - b(static_cast<float>(ys)));
     gx = b(0.5f) * x * ((-s) - b(static_cast<float>(xs)));

@@ -32,8 +32,9 @@
 KD_BEGIN_NAMESPACE
 namespace detail::simd {
 
-// Elements per chunk: two input chunks and two gradient chunks of float32 (16 KiB) stay in a 32 KiB L1.
-inline constexpr std::int64_t chunk = 1024;
+// Entries per chunk: the two float32 input chunks (16 KiB) stay in a 32 KiB L1 between the max scan and the exponentials
+// (2048 measured 2-3% faster than 1024 in cache; per-chunk work is a few scalar exps and horizontal sums).
+inline constexpr std::int64_t chunk = 2048;
 
 template <class A>
 inline constexpr std::int64_t width = static_cast<std::int64_t>(fbatch<A>::size);
@@ -272,11 +273,11 @@ inline double chunk_sum_exp(const float* x, std::int64_t n, float inv_t, float m
   b s0(0.0f), s1(0.0f);
   std::int64_t j = 0;
   for (; j + 2 * width<A> <= n; j += 2 * width<A>) {
-    s0 += exp<A>(xsimd::fms(b::load_unaligned(x + j), it, mb));
-    s1 += exp<A>(xsimd::fms(b::load_unaligned(x + j + width<A>), it, mb));
+    s0 += exp_nonpos<A>(xsimd::fms(b::load_unaligned(x + j), it, mb));
+    s1 += exp_nonpos<A>(xsimd::fms(b::load_unaligned(x + j + width<A>), it, mb));
   }
   for (; j < n; j += width<A>)
-    s0 += exp<A>(xsimd::fms(load_padded<A>(x, j, n, -std::numeric_limits<float>::infinity()), it, mb));
+    s0 += exp_nonpos<A>(xsimd::fms(load_padded<A>(x, j, n, -std::numeric_limits<float>::infinity()), it, mb));
   return hsum<A>(s0 + s1);
 }
 
