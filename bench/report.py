@@ -52,6 +52,7 @@ def load(path):
             continue
         unit = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b.get("time_unit", "ns")]
         d["ms"] = b["real_time"] * unit
+        d["cpu_ms"] = b.get("cpu_time", b["real_time"]) * unit
         d["gbs"] = b.get("bytes_per_second", 0.0) / 1e9
         d["pct"] = b.get("pct_triad")
         d["melems"] = b.get("elems_per_second", 0.0) / 1e6
@@ -196,7 +197,10 @@ def main():
     def incache(div):
         r = next((x for x in kd if x["div"] == div and x["dtype"] == "fp32" and x["mode"] == "fwd+bwd"
                   and x["V"] == 32000 and x["N"] == 1), None)
-        return (1e3 / r["melems"], r["gbs"]) if r and r["melems"] else (None, None)
+        if not r:
+            return (None, None)
+        ns = r["cpu_ms"] * 1e6 / r["V"]  # one row runs on the calling thread: its CPU time is the compute time
+        return (ns, 12.0 / ns)
     (fn, fg), (rn, rg) = incache("forward_kl"), incache("reverse_kl")
     w(ROOFLINE.format(fkl_ns=fmt(fn, 2), fkl_gbs=fmt(fg, 1), rkl_ns=fmt(rn, 2), rkl_gbs=fmt(rg, 1),
                       fkl_roof=fmt(2 * fg if fg else None, 0), rkl_roof=fmt(2 * rg if rg else None, 0),
@@ -224,9 +228,10 @@ Per vocabulary entry (fp32, one row of V entries, both sides read, student gradi
 - Exponentials: kd's exp is 12 vector instructions per 16 floats on AVX-512 (Cody-Waite reduction, degree-5 polynomial,
   vscalefps), measured at about 0.17 ns per element and core in cache. Forward KL forward+backward needs 4 per entry
   (2 in pass A, q and p in pass B), reverse KL 3 (the teacher probabilities are not needed for the student gradient).
-- In cache (N = 1, V = 32000: one row of both inputs and the gradient, 384 KiB, stays in L2; one thread), this run
-  measured fused forward KL forward+backward at {fkl_ns} ns per entry ({fkl_gbs} GB/s-equivalent at 12 bytes per entry)
-  and reverse KL at {rkl_ns} ns ({rkl_gbs} GB/s). That is the compute roof of one core; two cores give at most twice that
+- In cache (N = 1, V = 32000: one row of both inputs and the gradient, 384 KiB, stays in L2; one thread; CPU time of
+  the calling thread, so other processes on the machine do not inflate it), this run measured fused forward KL
+  forward+backward at {fkl_ns} ns per entry ({fkl_gbs} GB/s-equivalent at 12 bytes per entry) and reverse KL at
+  {rkl_ns} ns ({rkl_gbs} GB/s). That is the compute roof of one core; two cores give at most twice that
   when they are real cores (on a 2-vCPU VM they may be two hyper-threads of one physical core, sharing its FP units).
 - So on this machine the fused KL kernels are compute-bound (exponential throughput), not DRAM-bound: twice the one-core
   roof ({fkl_roof} / {rkl_roof} GB/s) against a triad bandwidth of {triad} GB/s in this run (47-69 GB/s on a quiet
