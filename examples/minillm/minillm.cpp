@@ -361,7 +361,8 @@ corpus_data load_corpus(const config& cfg) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------- tokenizer
-constexpr int kUnk = 0, kBos = 1, kEos = 2, kPad = 3;
+// Token ids fixed at tokenizer training: 0 unk, 1 bos, 2 eos, 3 pad.
+constexpr int kBos = 1, kEos = 2, kPad = 3;
 
 std::string hex(std::uint64_t x) {
   char buf[17];
