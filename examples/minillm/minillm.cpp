@@ -544,11 +544,14 @@ struct GPTImpl : torch::nn::Module {
     torch::nn::init::normal_(tok->weight, 0.0, 0.02);
     torch::nn::init::normal_(pos->weight, 0.0, 0.01);
   }
-  Tensor forward(const Tensor& idx, std::int64_t pos0 = 0, kv_cache* cache = nullptr) {
+  // idx: [B, l] token ids at positions pos0 ..; last_n > 0 projects only the last last_n positions onto the vocabulary, so
+  // the returned logits [B, last_n, V] are contiguous (handed to kd without a copy) and the other rows are never computed.
+  Tensor forward(const Tensor& idx, std::int64_t pos0 = 0, kv_cache* cache = nullptr, std::int64_t last_n = 0) {
     const auto l = idx.size(1);
     Tensor p = torch::arange(pos0, pos0 + l, torch::kLong);
     Tensor x = tok->forward(idx) + pos->forward(p).unsqueeze(0);
     for (std::size_t i = 0; i < blocks.size(); ++i) x = blocks[i]->forward(x, pos0, cache, i);
+    if (last_n > 0) x = x.narrow(1, l - last_n, last_n);
     return torch::matmul(lnf->forward(x), tok->weight.t());
   }
   std::int64_t parameters_count() {
@@ -680,11 +683,13 @@ generation sample(GPT& model, GPT* mix, double alpha, const Tensor& prompts, int
   return {torch::cat({prompts, out}, 1), mask};
 }
 
-// Logits predicting the response tokens: positions P - 1 .. P + G - 2 of a forward over the whole sequence, [B, G, V].
+// Logits predicting the response tokens: positions P - 1 .. P + G - 2 of a forward over the whole sequence, [B, G, V],
+// contiguous (only those positions are projected onto the vocabulary).
 Tensor response_logits(GPT& m, const Tensor& tokens, int G) {
   const auto L = tokens.size(1);
-  Tensor logits = m->forward(tokens.narrow(1, 0, L - 1));
-  return logits.narrow(1, L - 1 - G, G).contiguous();
+  Tensor logits = m->forward(tokens.narrow(1, 0, L - 1), 0, nullptr, G);
+  TORCH_INTERNAL_ASSERT(logits.is_contiguous());
+  return logits;
 }
 
 // ---------------------------------------------------------------------------------------------------------------- metrics
