@@ -1,5 +1,5 @@
 // Compiled by tests/header_check.sh with g++ and clang++, as C++17 and C++20, -Wall -Wextra -Wpedantic -Werror:
-// every public header alone, and the main templates instantiated for every element type.
+// the public headers, and the main templates instantiated for every element type.
 #include <kd/reverse_kl.hpp>
 #include <kd/forward_kl.hpp>
 #include <kd/jsd.hpp>
@@ -7,6 +7,10 @@
 #include <kd/tvd.hpp>
 #include <kd/softmax.hpp>
 #include <kd/topk.hpp>
+#include <kd/policy_gradient.hpp>
+#include <kd/lm_loss.hpp>
+#include <kd/teacher_mixed.hpp>
+#include <kd/counter_rng.hpp>
 #include <kd/kd.hpp>
 
 #include <vector>

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Compiles tests/header_check.cpp with every available compiler as C++17 and C++20, warnings as errors, and runs it.
+# Compiles tests/header_check.cpp with every available compiler as C++17 and C++20, warnings as errors, and runs it;
+# then compiles each public header alone.
 # Usage: header_check.sh SOURCE_DIR
 set -eu
 SRC="$1"; TMP="$(mktemp -d)"; trap 'rm -rf "$TMP"' EXIT
@@ -18,6 +19,15 @@ for cxx in g++ clang++-14 clang++; do
     fi
     n=$((n + 1))
   done
+done
+# each public header compiles on its own (no hidden include-order dependencies)
+for h in "$SRC"/include/kd/*.hpp "$SRC"/include/kd/backend/*.hpp; do
+  rel="${h#"$SRC"/include/}"
+  if echo "#include <$rel>" | g++ -std=c++17 -fsyntax-only -Wall -Wextra -Wpedantic -Werror -I"$SRC/include" -I"$EIGEN" \
+       -x c++ - 2>"$TMP/log"; then :; else
+    echo "FAIL: $rel alone"; head -20 "$TMP/log"; failed=$((failed + 1))
+  fi
+  n=$((n + 1))
 done
 echo "header_check: $((n - failed)) passed, $failed failed"
 [ "$failed" = 0 ] && [ "$n" -gt 0 ]

@@ -85,6 +85,14 @@ inline status make_error(errc code, const char* argument, const char* message,
   return s;
 }
 
+namespace detail {
+// The first value error wins (smallest row); backends combine per-row and per-thread errors with this.
+inline void keep_first_error(status& first, const status& s) noexcept {
+  if (s.ok()) return;
+  if (first.ok() || s.row < first.row) first = s;
+}
+}  // namespace detail
+
 // Exception type for callers that want exceptions (kd itself never throws).
 class error : public std::runtime_error {
  public:

@@ -74,11 +74,6 @@ inline row_plan make_row_plan(const distill_options& o, const const_rows<S>& s, 
   return plan;
 }
 
-// The first value error wins (smallest row); backends combine per-thread errors with this.
-inline void keep_first_error(status& first, const status& s) noexcept {
-  if (s.ok()) return;
-  if (first.ok() || s.row < first.row) first = s;
-}
 
 }  // namespace detail
 KD_END_NAMESPACE
