@@ -223,7 +223,7 @@ inline bool fused_kl_row(bool x_is_student, const row_io<S, P, G>& io, const row
 
 // log m for m = a x + (1 - a) y in log space; exact (= lx) where lx == ly (both -inf included).
 template <class A>
-inline fbatch<A> log_mix(const fbatch<A>& lx, const fbatch<A>& ly, const fbatch<A>& log_a,
+KD_SIMD_INLINE fbatch<A> log_mix(const fbatch<A>& lx, const fbatch<A>& ly, const fbatch<A>& log_a,
                          const fbatch<A>& log_1ma) noexcept {
   const fbatch<A> u = lx + log_a, v = ly + log_1ma;
   const fbatch<A> m = xsimd::max(u, v);

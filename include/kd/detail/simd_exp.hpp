@@ -34,11 +34,19 @@ using fbatch = xsimd::batch<float, A>;
 template <class A>
 using ibatch = xsimd::batch<std::int32_t, A>;
 
+// The exps sit in every hot loop; large translation units (many instantiations) otherwise hit GCC's inlining limits and
+// call them out of line with 64-byte arguments on the stack (measured: forward KL 1.3 vs 0.83 ns per entry).
+#if defined(__GNUC__) || defined(__clang__)
+#define KD_SIMD_INLINE inline __attribute__((always_inline))
+#else
+#define KD_SIMD_INLINE inline
+#endif
+
 template <class A>
 inline constexpr bool is_avx512 = std::is_base_of<xsimd::avx512f, A>::value;
 
 template <class A>
-inline fbatch<A> exp(fbatch<A> x) noexcept {
+KD_SIMD_INLINE fbatch<A> exp(fbatch<A> x) noexcept {
   using b = fbatch<A>;
   // Clamp so that k stays in [-150, 128]; max(lo, x) / min(hi, x) return x when x is NaN (x86 min/max return their
   // second operand on NaN), so NaN flows through the polynomial and comes out NaN.
@@ -76,7 +84,7 @@ inline fbatch<A> exp(fbatch<A> x) noexcept {
 // exp for arguments known to be <= 0, -inf or NaN (log-probabilities, y - max): the same result as exp() there, one
 // clamp fewer (11 operations on AVX-512). Positive arguments are not supported (they would overflow the scaling).
 template <class A>
-inline fbatch<A> exp_nonpos(fbatch<A> x) noexcept {
+KD_SIMD_INLINE fbatch<A> exp_nonpos(fbatch<A> x) noexcept {
   using b = fbatch<A>;
   const b xc = xsimd::max(b(-104.0f), x);  // NaN stays NaN (x86 max returns its second operand on NaN)
   const b magic(12582912.0f);
