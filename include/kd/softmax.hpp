@@ -54,8 +54,9 @@ status softmax_impl(const const_rows<T>& x, const mut_rows<G>& y, double tempera
       for (std::int64_t j = 0; j < x.cols; ++j) yr[j] = from_double<G>(std::numeric_limits<double>::quiet_NaN());
       continue;
     }
+    if (lse != ref::ninf) ref::normalize_log(v.data(), x.cols);
     for (std::int64_t j = 0; j < x.cols; ++j) {
-      const double l = lse == ref::ninf ? ref::ninf : v[j] - lse;
+      const double l = lse == ref::ninf ? ref::ninf : v[j];
       yr[j] = from_double<G>(mode == 0 ? std::exp(l) : l);
     }
   }

@@ -31,8 +31,7 @@ template <class T>
 inline double load_log_probs(const T* x, std::int64_t n, double inv_t, double* lp) noexcept {
   for (std::int64_t j = 0; j < n; ++j) lp[j] = to_double(x[j]) * inv_t;
   const double lse = log_sum_exp(lp, n);
-  if (std::isfinite(lse))
-    for (std::int64_t j = 0; j < n; ++j) lp[j] -= lse;
+  if (std::isfinite(lse)) normalize_log(lp, n);
   return lse;
 }
 

@@ -48,6 +48,18 @@ inline double log_sum_exp(const double* v, std::int64_t n) noexcept {
   return m + std::log(s);
 }
 
+// v -= logsumexp(v) as (v - max) - log(sum exp(v - max)), for a row whose log-sum-exp is finite. Subtracting the max first
+// keeps the row normalized when |v| >> 2^53 log(n): v - (max + log s) would round log s away (a double row of -1e39
+// came out with sum exp = n; tests/test_bad_inputs.cpp).
+inline void normalize_log(double* v, std::int64_t n) noexcept {
+  double m = ninf;
+  for (std::int64_t j = 0; j < n; ++j) m = std::max(m, v[j]);
+  double s = 0.0;
+  for (std::int64_t j = 0; j < n; ++j) s += std::exp(v[j] - m);
+  const double log_s = std::log(s);
+  for (std::int64_t j = 0; j < n; ++j) v[j] = (v[j] - m) - log_s;
+}
+
 // log m_j for m = a x + (1 - a) y, a in (0, 1), exact where lx == ly.
 inline double log_mix(double a, double lx, double ly) noexcept {
   if (lx == ly) return lx;
