@@ -212,12 +212,12 @@ inline float chunk_max(const float* x, std::int64_t n, float inv_t, nonfinite_fl
     const b y0 = b::load_unaligned(x + j) * it, y1 = b::load_unaligned(x + j + width<A>) * it;
     m0 = xsimd::max(m0, y0);
     m1 = xsimd::max(m1, y1);
-    bad = bad || (y0 != y0) || (y1 != y1);
+    bad = bad || xsimd::isnan(y0) || xsimd::isnan(y1);  // not y != y: xsimd compares ordered on AVX (false for NaN)
   }
   for (; j < n; j += width<A>) {
     const b y = load_padded<A>(x, j, n, ninf) * it;
     m0 = xsimd::max(m0, y);
-    bad = bad || (y != y);
+    bad = bad || xsimd::isnan(y);
   }
   const float m = hmax<A>(xsimd::max(m0, m1));
   if (xsimd::any(bad)) flags.nan = true;
