@@ -96,7 +96,7 @@ void BM_kd(benchmark::State& state) {
 
 void shapes(benchmark::internal::Benchmark* b) {
   for (std::int64_t v : {32000, 128256})
-    for (std::int64_t n : {1, 64, 256}) b->Args({v, n});
+    for (std::int64_t n : {1, 64, 256, 1024}) b->Args({v, n});
   b->ArgNames({"V", "N"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
