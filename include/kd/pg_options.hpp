@@ -2,6 +2,7 @@
 // Gu et al., arXiv 2306.08543, Sec. 2.2; the public reference code is microsoft/LMOps minillm/ (docs/policy_gradient.md).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -165,8 +166,9 @@ struct pg_diagnostics {
 };
 
 inline status validate_pg_options(const pg_options& o) {
-  if (!(std::isfinite(o.temperature) && o.temperature > 0.0))
-    return make_error(errc::invalid_argument, "temperature", "must be finite and > 0", o.temperature);
+  // The fast path works in float32: T and 1/T must both be well inside its range (T = 1e300 underflowed every logit).
+  if (!(std::isfinite(o.temperature) && o.temperature >= 1e-30 && o.temperature <= 1e30))
+    return make_error(errc::invalid_argument, "temperature", "must be in [1e-30, 1e30]", o.temperature);
   if (!(o.gamma >= 0.0 && o.gamma <= 1.0)) return make_error(errc::invalid_argument, "gamma", "must be in [0, 1]", o.gamma);
   if (!(o.alpha >= 0.0 && o.alpha <= 1.0)) return make_error(errc::invalid_argument, "alpha", "must be in [0, 1]", o.alpha);
   if (!(std::isfinite(o.reward_scale) && o.reward_scale > 0.0))
@@ -179,6 +181,22 @@ inline status validate_pg_options(const pg_options& o) {
   if (o.reduction == reduction::normalizer && !(std::isfinite(o.normalizer) && o.normalizer > 0.0))
     return make_error(errc::invalid_argument, "normalizer", "must be finite and > 0 with reduction::normalizer",
                       o.normalizer);
+  // Gradient terms are (scale) x (a bounded factor) in float32. Keep the scale well inside float's range, or a term overflows
+  // to inf and inf * 0 gives NaN gradients under an ok status (found by fuzzing: normalizer 4e-149).
+  {
+    const double denom = o.reduction == reduction::normalizer ? o.normalizer : 1.0;
+    const double scale = std::max(1.0, std::abs(o.lm_weight)) / (o.temperature * denom * std::min(1.0, o.reward_scale));
+    if (!(scale <= 1e20)) {
+      const char* arg = (o.reduction == reduction::normalizer && denom < 1e-10) ? "normalizer"
+                        : o.temperature < 1e-10                                   ? "temperature"
+                        : o.reward_scale < 1e-10                                  ? "reward_scale"
+                                                                                  : "lm_weight";
+      return make_error(errc::invalid_argument, arg,
+                        "gradient scale max(1, |lm_weight|) / (temperature * normalizer * min(1, reward_scale)) must be "
+                        "<= 1e20 (float32 range, with room for rewards and weights)",
+                        scale);
+    }
+  }
   switch (o.length_norm) {
     case length_norm::none: case length_norm::paper: case length_norm::reference: break;
     default: return make_error(errc::invalid_argument, "length_norm", "unknown variant");

@@ -83,6 +83,7 @@ template <class A, class S, class P>
 struct fast_rows {
   using b = simd::fbatch<A>;
   static constexpr float ninf = -std::numeric_limits<float>::infinity();
+  static constexpr float pinf = std::numeric_limits<float>::infinity();
 
   explicit fast_rows(std::int64_t) {}
 
@@ -175,7 +176,9 @@ struct fast_rows {
           const b es = simd::exp<A>(xsimd::fms(xs, it, mbs));
           as += es;
           at += simd::exp<A>(xsimd::fms(xt, it, mbt));
-          ad += xsimd::select(es != zero, es * ((xs - xt) * it), zero);
+          // KL = +inf where the student has mass and the teacher none, decided in log space like the oracle (a student
+          // probability that underflows to 0 in float32 still counts as mass: found by fuzzing).
+          ad += xsimd::select(xs > b(ninf), xsimd::select(xt == b(ninf), b(pinf), es * ((xs - xt) * it)), zero);
         }
       } else {
         for (std::int64_t j = 0; j < len; j += simd::width<A>)
@@ -243,18 +246,12 @@ struct fast_rows {
       if (single) {
         const float* ct = simd::load_chunk<A>(zt + j0, len, bt);
         std::int64_t j = 0;
-        if (s.finite_row) {  // no -inf anywhere in the row: no select needed (the common case)
-          for (; j + simd::width<A> <= len; j += simd::width<A>) {
-            const b xs = b::load_unaligned(cs + j), xt = b::load_unaligned(ct + j);
-            const b q = simd::exp<A>(xsimd::fms(xs, it, ls));
-            (q * xsimd::fma(csb, xsimd::fms(xs - xt, it, kb), c0)).store_unaligned(cg + j);
-          }
-        } else {
-          for (; j + simd::width<A> <= len; j += simd::width<A>) {
-            const b xs = b::load_unaligned(cs + j), xt = b::load_unaligned(ct + j);
-            const b q = simd::exp<A>(xsimd::fms(xs, it, ls));
-            xsimd::select(q == zero, zero, q * xsimd::fma(csb, xsimd::fms(xs - xt, it, kb), c0)).store_unaligned(cg + j);
-          }
+        // q_j = 0 -> exactly 0, also in rows without -inf: a finite student logit can underflow q to 0 while the
+        // log-ratio term overflows float32 (logits near -FLT_MAX), and 0 * inf would be NaN (found by fuzzing).
+        for (; j + simd::width<A> <= len; j += simd::width<A>) {
+          const b xs = b::load_unaligned(cs + j), xt = b::load_unaligned(ct + j);
+          const b q = simd::exp<A>(xsimd::fms(xs, it, ls));
+          xsimd::select(q == zero, zero, q * xsimd::fma(csb, xsimd::fms(xs - xt, it, kb), c0)).store_unaligned(cg + j);
         }
         if (j < len) {
           const b xs = simd::load_padded<A>(cs, j, len, ninf), xt = simd::load_padded<A>(ct, j, len, 0.0f);
