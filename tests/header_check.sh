@@ -29,5 +29,11 @@ for h in "$SRC"/include/kd/*.hpp "$SRC"/include/kd/backend/*.hpp; do
   fi
   n=$((n + 1))
 done
+# trainers built without exceptions (docs/errors.md): the whole library compiles with -fno-exceptions
+if echo "#include <kd/kd.hpp>" | g++ -std=c++17 -fno-exceptions -fsyntax-only -Wall -Wextra -Werror -I"$SRC/include" \
+     -I"$EIGEN" -x c++ - 2>"$TMP/log"; then :; else
+  echo "FAIL: kd/kd.hpp with -fno-exceptions"; head -20 "$TMP/log"; failed=$((failed + 1))
+fi
+n=$((n + 1))
 echo "header_check: $((n - failed)) passed, $failed failed"
 [ "$failed" = 0 ] && [ "$n" -gt 0 ]

@@ -54,6 +54,10 @@ TEST_CASE("npy parses versions 1 and 2, float16 and bool", "[npy]") {
   CHECK(a.get_double(1) == 0.0);
   auto bl = make_npy("{'descr': '|b1', 'fortran_order': False, 'shape': (1, 3), }", 3);
   CHECK(kdtool::parse_npy(bl.data(), bl.size()).size() == 3);
+  auto empty = make_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 0), }", 0);  // a zero dimension anywhere
+  CHECK(kdtool::parse_npy(empty.data(), empty.size()).size() == 0);
+  auto empty3 = make_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 0, 4), }", 0);
+  CHECK(kdtool::parse_npy(empty3.data(), empty3.size()).shape == std::vector<std::int64_t>{2, 0, 4});
   auto scalar = make_npy("{'descr': '<f8', 'fortran_order': False, 'shape': (), }", 8);
   CHECK(kdtool::parse_npy(scalar.data(), scalar.size()).size() == 1);
 }

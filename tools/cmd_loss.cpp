@@ -86,13 +86,6 @@ int run_typed(const loaded& ls, const loaded& lt, const run_args& ra) {
     std::fprintf(stderr, "kd loss: %s\n", st.to_string().c_str());
     return 1;
   }
-  std::printf("{\"loss_name\": %s, \"param\": %s, \"loss\": %s, \"valid_rows\": %lld, \"denominator\": %s, "
-              "\"rows\": %lld, \"vocab\": %lld, \"temperature\": %s, \"reduction\": %s, \"per_row\": %s}\n",
-              json_string(kd::divergence_name(ra.d.kind)).c_str(), json_number(ra.d.param).c_str(),
-              json_number(res.loss).c_str(), static_cast<long long>(res.valid_rows),
-              json_number(res.denominator).c_str(), static_cast<long long>(ls.rows), static_cast<long long>(ls.cols),
-              json_number(ra.opt.temperature).c_str(), json_string(kd::reduction_name(ra.opt.reduction)).c_str(),
-              json_array(per_row.data(), per_row.size()).c_str());
   if (!grad.empty()) {
     try {
       save_npy(ra.grad_path, grad.data(), ra.grad_shape);
@@ -100,6 +93,13 @@ int run_typed(const loaded& ls, const loaded& lt, const run_args& ra) {
       throw usage_error(std::string("--grad: ") + e.what());
     }
   }
+  std::printf("{\"loss_name\": %s, \"param\": %s, \"loss\": %s, \"valid_rows\": %lld, \"denominator\": %s, "
+              "\"rows\": %lld, \"vocab\": %lld, \"temperature\": %s, \"reduction\": %s, \"per_row\": %s}\n",
+              json_string(kd::divergence_name(ra.d.kind)).c_str(), json_number(ra.d.param).c_str(),
+              json_number(res.loss).c_str(), static_cast<long long>(res.valid_rows),
+              json_number(res.denominator).c_str(), static_cast<long long>(ls.rows), static_cast<long long>(ls.cols),
+              json_number(ra.opt.temperature).c_str(), json_string(kd::reduction_name(ra.opt.reduction)).c_str(),
+              json_array(per_row.data(), per_row.size()).c_str());
   return 0;
 }
 

@@ -188,11 +188,15 @@ inline npy_array parse_npy(const unsigned char* buf, std::size_t len, const std:
   a.shape = npy_detail::parse_shape(shp);
   const std::size_t item = npy_itemsize(a.dtype);
   const std::size_t avail = len - off - hlen;
+  // Element count with overflow checks (a zero dimension anywhere makes an empty array), then the exact data size.
   std::size_t count = 1;
+  bool zero = false;
   for (auto s : a.shape) {
-    if (s != 0 && count > avail / static_cast<std::size_t>(s)) throw npy_error(what + ": data shorter than its shape says");
+    if (s == 0) { zero = true; continue; }
+    if (count > (std::size_t(1) << 50) / static_cast<std::size_t>(s)) throw npy_error(what + ": shape too large");
     count *= static_cast<std::size_t>(s);
   }
+  if (zero) count = 0;
   if (count > avail / item) throw npy_error(what + ": data shorter than its shape says");
   if (count * item != avail) throw npy_error(what + ": data longer than its shape says");
   a.data.assign(buf + off + hlen, buf + off + hlen + count * item);

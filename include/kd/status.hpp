@@ -93,7 +93,8 @@ inline void keep_first_error(status& first, const status& s) noexcept {
 }
 }  // namespace detail
 
-// Exception type for callers that want exceptions (kd itself never throws).
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+// Exception type for callers who want exceptions (kd itself never throws). Not available under -fno-exceptions.
 class error : public std::runtime_error {
  public:
   explicit error(const status& s) : std::runtime_error(s.to_string()), status_(s) {}
@@ -106,5 +107,6 @@ class error : public std::runtime_error {
 inline void throw_if_error(const status& s) {
   if (!s.ok()) throw error(s);
 }
+#endif
 
 KD_END_NAMESPACE
