@@ -45,13 +45,11 @@ using ibatch = xsimd::batch<std::int32_t, A>;
 template <class A>
 inline constexpr bool is_avx512 = std::is_base_of<xsimd::avx512f, A>::value;
 
+// exp(xc) for an argument already clamped to [-104, 88.8] (or NaN): range reduction by k ln2, degree-5 polynomial,
+// scaling by 2^k. Shared by exp() and exp_nonpos(), which differ only in their clamps.
 template <class A>
-KD_SIMD_INLINE fbatch<A> exp(fbatch<A> x) noexcept {
+KD_SIMD_INLINE fbatch<A> exp_clamped(fbatch<A> xc) noexcept {
   using b = fbatch<A>;
-  // Clamp so that k stays in [-150, 128]; max(lo, x) / min(hi, x) return x when x is NaN (x86 min/max return their
-  // second operand on NaN), so NaN flows through the polynomial and comes out NaN.
-  const b lo(-104.0f), hi(88.8f);
-  b xc = xsimd::min(hi, xsimd::max(lo, x));
   // k = round(x / ln2) via the 1.5 * 2^23 trick: t's low mantissa bits hold k.
   const b magic(12582912.0f);
   const b t = xsimd::fma(xc, b(1.44269504088896341f), magic);
@@ -81,37 +79,21 @@ KD_SIMD_INLINE fbatch<A> exp(fbatch<A> x) noexcept {
   }
 }
 
+template <class A>
+KD_SIMD_INLINE fbatch<A> exp(fbatch<A> x) noexcept {
+  using b = fbatch<A>;
+  // Clamp so that k stays in [-150, 128]; max(lo, x) / min(hi, x) return x when x is NaN (x86 min/max return their
+  // second operand on NaN), so NaN flows through the polynomial and comes out NaN.
+  const b lo(-104.0f), hi(88.8f);
+  return exp_clamped<A>(xsimd::min(hi, xsimd::max(lo, x)));
+}
+
 // exp for arguments known to be <= 0, -inf or NaN (log-probabilities, y - max): the same result as exp() there, one
 // clamp fewer (11 operations on AVX-512). Positive arguments are not supported (they would overflow the scaling).
 template <class A>
 KD_SIMD_INLINE fbatch<A> exp_nonpos(fbatch<A> x) noexcept {
   using b = fbatch<A>;
-  const b xc = xsimd::max(b(-104.0f), x);  // NaN stays NaN (x86 max returns its second operand on NaN)
-  const b magic(12582912.0f);
-  const b t = xsimd::fma(xc, b(1.44269504088896341f), magic);
-  const b k = t - magic;
-  b r = xsimd::fnma(k, b(0.693359375f), xc);
-  r = xsimd::fnma(k, b(-2.12194440e-4f), r);
-  b p(8.3125173518e-03f);
-  p = xsimd::fma(p, r, b(4.1890116211e-02f));
-  p = xsimd::fma(p, r, b(1.6667114566e-01f));
-  p = xsimd::fma(p, r, b(4.9999231766e-01f));
-  p = xsimd::fma(p, r, b(1.0f));
-  p = xsimd::fma(p, r, b(1.0f));
-#if defined(__AVX512F__)
-  if constexpr (is_avx512<A>) {
-    return _mm512_scalef_ps(p, k);
-  } else
-#endif
-  {
-    using ib = ibatch<A>;
-    const ib ki = xsimd::bitwise_cast<ib>(t) - ib(0x4B400000);
-    const ib k1 = ki >> 1;
-    const ib k2 = ki - k1;
-    const b s1 = xsimd::bitwise_cast<b>((k1 + ib(127)) << 23);
-    const b s2 = xsimd::bitwise_cast<b>((k2 + ib(127)) << 23);
-    return (p * s1) * s2;
-  }
+  return exp_clamped<A>(xsimd::max(b(-104.0f), x));  // NaN stays NaN (x86 max returns its second operand on NaN)
 }
 
 }  // namespace detail::simd
