@@ -148,8 +148,10 @@ void run_case(reader& in) {
 
   // ---- divergence and options ----
   kd::divergence d;
-  d.kind = static_cast<kd::divergence_kind>(in.u8() % 7);  // 6 is not a divergence
+  // Every registered kind (kd/divergences/registry.hpp), and divergence_count: not a divergence.
+  d.kind = static_cast<kd::divergence_kind>(in.u8() % (kd::divergence_count + 1));
   d.param = draw_param(in, kParams, sizeof kParams / sizeof kParams[0]);
+  d.param2 = draw_param(in, kParams, sizeof kParams / sizeof kParams[0]);
   kd::distill_options o;
   o.temperature = draw_param(in, kTemperatures, sizeof kTemperatures / sizeof kTemperatures[0]);
   o.t2_scale = in.flag();
@@ -238,16 +240,16 @@ void run_case(reader& in) {
     return r >= 0 && c >= 1 && st >= c && (r == 0 || data != nullptr);
   };
   bool invalid = false;
-  switch (d.kind) {
-    case kd::divergence_kind::jsd: invalid |= !(d.param >= 0.0 && d.param <= 1.0); break;
-    case kd::divergence_kind::skew_kl:
-    case kd::divergence_kind::skew_reverse_kl:
-      invalid |= !(d.param == 0.0 || (d.param >= std::numeric_limits<double>::min() && d.param < 1.0));
-      break;
-    case kd::divergence_kind::forward_kl:
-    case kd::divergence_kind::reverse_kl:
-    case kd::divergence_kind::tvd: break;
-    default: invalid = true;
+  // Parameters against the registry's documented ranges (param_spec: [lo, hi] with open ends, min nonzero magnitude).
+  if (const kd::divergence_info* info = kd::find_divergence(d.kind)) {
+    const double v[2] = {d.param, d.param2};
+    for (int k = 0; k < info->n_params; ++k) {
+      const kd::param_spec& p = info->params[k];
+      const bool in_range = (p.lo_open ? v[k] > p.lo : v[k] >= p.lo) && (p.hi_open ? v[k] < p.hi : v[k] <= p.hi);
+      invalid |= !in_range || (v[k] != 0.0 && std::abs(v[k]) < p.min_nonzero);
+    }
+  } else {
+    invalid = true;
   }
   invalid |= !rows_ok(student.x.data, student.x.rows, student.x.cols, student.x.row_stride);
   invalid |= !rows_ok(teacher.x.data, teacher.x.rows, teacher.x.cols, teacher.x.row_stride);
@@ -441,6 +443,7 @@ void run_case(reader& in) {
   if (empty_mean) KD_FUZZ_CHECK(orc.res.loss == 0.0 && orc.res.valid_rows == 0, "mean over zero rows must be 0");
   const double t2 = o.t2_scale ? T * T : 1.0;
   const double a = d.param;
+  // Mixture divergences take log a and log(1 - a) of their first parameter into their centred terms.
   const bool has_param = d.kind == kd::divergence_kind::jsd || d.kind == kd::divergence_kind::skew_kl ||
                          d.kind == kd::divergence_kind::skew_reverse_kl;
   const double param_term = has_param && a > 0.0 && a < 1.0 ? std::abs(std::log(a)) + std::abs(std::log1p(-a)) : 0.0;

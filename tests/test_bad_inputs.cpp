@@ -57,8 +57,7 @@ bool all_finite(const call_out& c) {
   return std::isfinite(c.r.loss);
 }
 
-const divergence kAll[] = {divergence::forward_kl(), divergence::reverse_kl(), divergence::jsd(0.5),
-                           divergence::skew_kl(0.1), divergence::skew_reverse_kl(0.1), divergence::tvd()};
+const std::vector<divergence>& kAll = kdt::kAllDivergences;  // every registered divergence
 
 }  // namespace
 

@@ -76,8 +76,7 @@ snapshot run(const divergence& d, const inputs<T>& in, const Backend& backend) {
   return sn;
 }
 
-const divergence kAll[] = {divergence::forward_kl(), divergence::reverse_kl(), divergence::jsd(0.3),
-                           divergence::skew_kl(0.1), divergence::skew_reverse_kl(0.2), divergence::tvd()};
+const std::vector<divergence>& kAll = kdt::kAllDivergences;  // every registered divergence
 
 }  // namespace
 

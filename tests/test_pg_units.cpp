@@ -9,6 +9,8 @@
 #include <kd/policy_gradient.hpp>
 #include <kd/teacher_mixed.hpp>
 
+#include "frozen_oracle.hpp"
+
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -121,7 +123,7 @@ double surrogate(const batch& bt, const std::vector<double>& zs, const kd::pg_op
     if (!bt.mask[r]) continue;
     ++n;
     kd::detail::ref::load_log_probs(&bt.zt[r * V], V, 1.0 / o.temperature, lp.data());
-    if (o.single_step) single += sw[r] * kd::detail::ref::kl(lq.data(), lp.data(), V, nullptr, nullptr);
+    if (o.single_step) single += sw[r] * kdtest::frozen::kl(lq.data(), lp.data(), V, nullptr, nullptr);
     const double lq_old = with_old ? bt.old[r] : bt.log_q(r, o.temperature);  // constant
     const double rho = std::exp(lq[bt.tok[r]] - lq_old) * iw[r];
     pg += kd::detail::pg::ppo(adv[r], rho, o.clip_range).value;

@@ -7,20 +7,7 @@
 
 namespace kdst {
 
-inline std::vector<kd::divergence> all_divergences() {
-  using kd::divergence;
-  return {divergence::forward_kl(),
-          divergence::reverse_kl(),
-          divergence::jsd(0.5),
-          divergence::jsd(0.1),
-          divergence::jsd(0.0),
-          divergence::jsd(1.0),
-          divergence::skew_kl(0.1),
-          divergence::skew_kl(0.0),
-          divergence::skew_reverse_kl(0.1),
-          divergence::skew_reverse_kl(0.0),
-          divergence::tvd()};
-}
+inline const std::vector<kd::divergence>& all_divergences() { return kdt::kAllDivergences; }
 
 // Bit-identical student and teacher rows: exactly 0 loss and 0 gradient (pitfalls 13, 17).
 template <class S, class Backend>

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace kdt {
@@ -92,12 +93,47 @@ call<T> run_call(const kd::divergence& d, const std::vector<T>& zs, const std::v
   return c;
 }
 
-inline const kd::divergence kAllDivergences[] = {
-    kd::divergence::forward_kl(), kd::divergence::reverse_kl(),       kd::divergence::jsd(0.5),
-    kd::divergence::jsd(0.1),     kd::divergence::jsd(0.0),           kd::divergence::jsd(1.0),
-    kd::divergence::skew_kl(0.1), kd::divergence::skew_reverse_kl(0.1), kd::divergence::skew_kl(0.0),
-    kd::divergence::skew_reverse_kl(0.0), kd::divergence::tvd(),
-};
+// The test cases of every registered divergence, from the registry (kd/divergences/registry.hpp): each kind at its
+// parameters' example values, at a second interior point (lo + 0.1 (hi - lo)), and at each endpoint rule's parameters
+// (which are computed as the target divergence). A new registry row is picked up by every test that loops over these.
+inline std::vector<kd::divergence> registry_cases() {
+  std::vector<kd::divergence> out;
+  auto add = [&](const kd::divergence& d) {
+    for (const auto& o : out)
+      if (o.kind == d.kind && o.param == d.param && o.param2 == d.param2) return;
+    out.push_back(d);
+  };
+  for (const kd::divergence_info& i : kd::divergence_registry()) {
+    const double ex0 = i.n_params > 0 ? i.params[0].example : 0.0, ex1 = i.n_params > 1 ? i.params[1].example : 0.0;
+    add(kd::divergence::of(i.kind, ex0, ex1));
+    if (i.n_params > 0) {
+      auto second = [](const kd::param_spec& p) { return p.lo + 0.1 * (p.hi - p.lo); };
+      add(kd::divergence::of(i.kind, second(i.params[0]), i.n_params > 1 ? second(i.params[1]) : 0.0));
+    }
+    kd::visit_divergence<int>(
+        i.kind,
+        [&](auto e) {
+          for (const kd::endpoint_rule& r : decltype(e)::endpoints)
+            if (r.target) add(kd::divergence::of(i.kind, std::isnan(r.p0) ? ex0 : r.p0, std::isnan(r.p1) ? ex1 : r.p1));
+          return 0;
+        },
+        0);
+  }
+  return out;
+}
+
+inline const std::vector<kd::divergence> kAllDivergences = registry_cases();
+
+// "jsd(0.5)", "alpha_beta(0.5, 0.5)", "tvd": for test messages.
+inline std::string describe(const kd::divergence& d) {
+  const kd::divergence_info* i = kd::find_divergence(d.kind);
+  if (!i) return "?";
+  std::string s = i->name;
+  if (i->n_params > 0) s += "(" + std::to_string(d.param);
+  if (i->n_params > 1) s += ", " + std::to_string(d.param2);
+  if (i->n_params > 0) s += ")";
+  return s;
+}
 
 }  // namespace kdt
 

@@ -53,17 +53,17 @@ int gradcheck_main(int argc, char** argv) {
   for (double t : {1.0, 2.5}) {
     problem p = make_problem(seed + static_cast<std::uint32_t>(t * 10), rows, cols, t);
     for (const auto& c : kCases) {
-      report(c.name, t, "float64", "grad student vs FD", fd_check(c.d, p, false), tol_fd);
-      report(c.name, t, "float64", "grad teacher vs FD", fd_check(c.d, p, true), tol_fd);
+      report(c.name.c_str(), t, "float64", "grad student vs FD", fd_check(c.d, p, false), tol_fd);
+      report(c.name.c_str(), t, "float64", "grad teacher vs FD", fd_check(c.d, p, true), tol_fd);
       auto f32 = fused_check<float>(c.d, p);
-      report(c.name, t, "float32", "fused loss vs ref", f32.first, tol_loss);
-      report(c.name, t, "float32", "fused grad vs ref", f32.second, tol_grad);
+      report(c.name.c_str(), t, "float32", "fused loss vs ref", f32.first, tol_loss);
+      report(c.name.c_str(), t, "float32", "fused grad vs ref", f32.second, tol_grad);
       auto b16 = fused_check<kd::bfloat16>(c.d, p);
-      report(c.name, t, "bfloat16", "fused loss vs ref", b16.first, tol_loss);
-      report(c.name, t, "bfloat16", "fused grad vs ref", b16.second, tol_grad);
+      report(c.name.c_str(), t, "bfloat16", "fused loss vs ref", b16.first, tol_loss);
+      report(c.name.c_str(), t, "bfloat16", "fused grad vs ref", b16.second, tol_grad);
       auto f16 = fused_check<kd::half>(c.d, p);
-      report(c.name, t, "float16", "fused loss vs ref", f16.first, tol_loss);
-      report(c.name, t, "float16", "fused grad vs ref", f16.second, tol_grad);
+      report(c.name.c_str(), t, "float16", "fused loss vs ref", f16.first, tol_loss);
+      report(c.name.c_str(), t, "float16", "fused grad vs ref", f16.second, tol_grad);
     }
   }
   std::printf("%d passed, %d failed\n", checks - failures, failures);

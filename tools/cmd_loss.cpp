@@ -1,7 +1,10 @@
 // kd loss: one fused divergence call on .npy inputs; prints one JSON object and optionally writes the student gradient.
 #include <kd/kd.hpp>
 
+#include <cctype>
 #include <cstdio>
+#include <cstring>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -12,17 +15,41 @@
 namespace kdtool {
 namespace {
 
-const char* kLossHelp =
-    "usage: kd loss --loss {fkl,rkl,jsd,skl,srkl,tvd} --student S.npy --teacher T.npy\n"
-    "               [--student-kind logits|log_probs] [--teacher-kind logits|log_probs]\n"
-    "               [--beta B] [--alpha A] [--temperature T] [--t2-scale]\n"
-    "               [--labels L.npy --ignore-index I] [--reduction none|sum|mean|normalizer] [--normalizer N]\n"
-    "               [--grad G.npy] [--backend default|reference]\n"
-    "Inputs: float16/32/64 arrays of shape [N, V] or [B, T, V] (rows = N or B*T); labels int32/int64 of shape [rows] or [B, T].\n"
-    "fkl = KL(teacher || student), rkl = KL(student || teacher), jsd = generalized JSD(beta) (beta 0 = fkl, 1 = rkl),\n"
-    "skl / srkl = skew (reverse) KL(alpha), tvd = total variation. Prints JSON: loss (nats), per_row, valid_rows, denominator.\n"
-    "--grad writes dloss/d(student input) as float32 .npy of the student's shape. Exit codes: 0 ok, 1 value error in the\n"
-    "data (NaN/inf inputs, infinite divergence), 2 bad arguments or files.\n";
+std::string loss_help() {
+  std::string names, params, defs;
+  for (const kd::divergence_info& i : kd::divergence_registry()) {
+    names += names.empty() ? "" : ",";
+    names += i.cli_name;
+    defs += "  ";
+    defs += i.cli_name;
+    defs += std::string(6 - std::min<std::size_t>(5, std::strlen(i.cli_name)), ' ');
+    defs += i.name;
+    defs += ": ";
+    defs += i.formula;
+    for (int k = 0; k < i.n_params; ++k) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "%s --%s (%s, default %g)", k ? "," : ";", i.params[k].name,
+                    i.params[k].range_text, i.params[k].example);
+      defs += buf;
+      if (params.find(std::string("--") + i.params[k].name + " ") == std::string::npos)
+        params += std::string("[--") + i.params[k].name + " " + static_cast<char>(std::toupper(i.params[k].name[0])) + "] ";
+    }
+    defs += "\n";
+  }
+  return "usage: kd loss --loss {" + names +
+         "} --student S.npy --teacher T.npy\n"
+         "               [--student-kind logits|log_probs] [--teacher-kind logits|log_probs]\n"
+         "               " + params + "[--temperature T] [--t2-scale]\n"
+         "               [--labels L.npy --ignore-index I] [--reduction none|sum|mean|normalizer] [--normalizer N]\n"
+         "               [--grad G.npy] [--backend default|reference]\n"
+         "Inputs: float16/32/64 arrays of shape [N, V] or [B, T, V] (rows = N or B*T); labels int32/int64 of shape [rows] "
+         "or [B, T].\n"
+         "p = softmax(teacher / T), q = softmax(student / T); divergences (kd/divergences/registry.hpp):\n" + defs +
+         "Prints JSON: loss (nats), per_row, valid_rows, denominator.\n"
+         "--grad writes dloss/d(student input) as float32 .npy of the student's shape. Exit codes: 0 ok, 1 value error in "
+         "the\n"
+         "data (NaN/inf inputs, infinite divergence), 2 bad arguments or files.\n";
+}
 
 struct loaded {
   npy_array a;
@@ -93,9 +120,9 @@ int run_typed(const loaded& ls, const loaded& lt, const run_args& ra) {
       throw usage_error(std::string("--grad: ") + e.what());
     }
   }
-  std::printf("{\"loss_name\": %s, \"param\": %s, \"loss\": %s, \"valid_rows\": %lld, \"denominator\": %s, "
+  std::printf("{\"loss_name\": %s, \"param\": %s, \"param2\": %s, \"loss\": %s, \"valid_rows\": %lld, \"denominator\": %s, "
               "\"rows\": %lld, \"vocab\": %lld, \"temperature\": %s, \"reduction\": %s, \"per_row\": %s}\n",
-              json_string(kd::divergence_name(ra.d.kind)).c_str(), json_number(ra.d.param).c_str(),
+              json_string(kd::divergence_name(ra.d.kind)).c_str(), json_number(ra.d.param).c_str(), json_number(ra.d.param2).c_str(),
               json_number(res.loss).c_str(), static_cast<long long>(res.valid_rows),
               json_number(res.denominator).c_str(), static_cast<long long>(ls.rows), static_cast<long long>(ls.cols),
               json_number(ra.opt.temperature).c_str(), json_string(kd::reduction_name(ra.opt.reduction)).c_str(),
@@ -113,24 +140,32 @@ int dispatch_teacher(const loaded& ls, const loaded& lt, const run_args& ra) {
 }
 
 int loss_main(int argc, char** argv) {
-  args a(argc, argv,
-         {"loss", "student", "teacher", "student-kind", "teacher-kind", "beta", "alpha", "temperature", "labels",
-          "ignore-index", "reduction", "normalizer", "grad", "backend"},
-         {"t2-scale"});
+  // Divergence names and parameter flags come from the registry (kd/divergences/registry.hpp).
+  std::set<std::string> valued = {"loss",   "student",   "teacher",    "student-kind", "teacher-kind", "temperature",
+                                  "labels", "ignore-index", "reduction", "normalizer",   "grad",         "backend"};
+  std::vector<std::string> names;
+  for (const kd::divergence_info& i : kd::divergence_registry()) {
+    names.push_back(i.cli_name);
+    for (int k = 0; k < i.n_params; ++k) valued.insert(i.params[k].name);
+  }
+  args a(argc, argv, valued, {"t2-scale"});
   if (a.help()) {
-    std::fputs(kLossHelp, stdout);
+    std::fputs(loss_help().c_str(), stdout);
     return 0;
   }
-  const std::string name = a.choice("loss", {"fkl", "rkl", "jsd", "skl", "srkl", "tvd"}, a.required("loss"));
+  const std::string name = a.choice("loss", names, a.required("loss"));
+  const kd::divergence_info& info = *kd::find_divergence(name.c_str());
+  double p[2] = {0.0, 0.0};
+  for (int k = 0; k < info.n_params; ++k) p[k] = a.num(info.params[k].name, info.params[k].example);
+  for (const kd::divergence_info& i : kd::divergence_registry())
+    for (int k = 0; k < i.n_params; ++k) {
+      const std::string flag = i.params[k].name;
+      bool mine = false;
+      for (int m = 0; m < info.n_params; ++m) mine |= flag == info.params[m].name;
+      if (a.has(flag) && !mine) throw usage_error("--" + flag + " is not a parameter of --loss " + name);
+    }
   run_args ra;
-  if (name == "fkl") ra.d = kd::divergence::forward_kl();
-  else if (name == "rkl") ra.d = kd::divergence::reverse_kl();
-  else if (name == "jsd") ra.d = kd::divergence::jsd(a.num("beta", 0.5));
-  else if (name == "skl") ra.d = kd::divergence::skew_kl(a.num("alpha", 0.1));
-  else if (name == "srkl") ra.d = kd::divergence::skew_reverse_kl(a.num("alpha", 0.1));
-  else ra.d = kd::divergence::tvd();
-  if (a.has("beta") && name != "jsd") throw usage_error("--beta applies only to --loss jsd");
-  if (a.has("alpha") && name != "skl" && name != "srkl") throw usage_error("--alpha applies only to --loss skl|srkl");
+  ra.d = kd::divergence::of(info.kind, p[0], p[1]);
   ra.skind = a.choice("student-kind", {"logits", "log_probs"}, "logits") == "logits" ? kd::input_kind::logits
                                                                                       : kd::input_kind::log_probs;
   ra.tkind = a.choice("teacher-kind", {"logits", "log_probs"}, "logits") == "logits" ? kd::input_kind::logits

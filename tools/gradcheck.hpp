@@ -10,24 +10,52 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <string>
+#include <cstdio>
 #include <utility>
 #include <vector>
 
 namespace kdtool::gradcheck {
 
 struct loss_case {
-  const char* name;
+  std::string name;  // "fkl", "jsd(0.5)", "ab(0.5,0.5)"
   kd::divergence d;
 };
 
-inline const loss_case kCases[] = {
-    {"fkl", kd::divergence::forward_kl()},         {"rkl", kd::divergence::reverse_kl()},
-    {"jsd(0.5)", kd::divergence::jsd(0.5)},         {"jsd(0.1)", kd::divergence::jsd(0.1)},
-    {"jsd(0.9)", kd::divergence::jsd(0.9)},         {"jsd(0)", kd::divergence::jsd(0.0)},
-    {"jsd(1)", kd::divergence::jsd(1.0)},           {"skl(0.1)", kd::divergence::skew_kl(0.1)},
-    {"srkl(0.1)", kd::divergence::skew_reverse_kl(0.1)}, {"skl(0.5)", kd::divergence::skew_kl(0.5)},
-    {"tvd", kd::divergence::tvd()},
-};
+// Every registered divergence (kd/divergences/registry.hpp) at its parameters' example values, at interior points 10% and
+// 90% into each range, and at each endpoint rule's parameter values.
+inline std::vector<loss_case> registry_cases() {
+  std::vector<loss_case> out;
+  auto add = [&](const kd::divergence_info& i, double p0, double p1) {
+    for (const auto& c : out)
+      if (c.d.kind == i.kind && c.d.param == p0 && c.d.param2 == p1) return;
+    char buf[96];
+    if (i.n_params == 0) std::snprintf(buf, sizeof buf, "%s", i.cli_name);
+    else if (i.n_params == 1) std::snprintf(buf, sizeof buf, "%s(%g)", i.cli_name, p0);
+    else std::snprintf(buf, sizeof buf, "%s(%g,%g)", i.cli_name, p0, p1);
+    out.push_back({buf, kd::divergence::of(i.kind, p0, p1)});
+  };
+  for (const kd::divergence_info& i : kd::divergence_registry()) {
+    const auto at = [&](int k, double f) { return k < i.n_params ? i.params[k].lo + f * (i.params[k].hi - i.params[k].lo) : 0.0; };
+    const double e0 = i.n_params > 0 ? i.params[0].example : 0.0, e1 = i.n_params > 1 ? i.params[1].example : 0.0;
+    add(i, e0, e1);
+    if (i.n_params > 0) {
+      add(i, at(0, 0.1), at(1, 0.1));
+      add(i, at(0, 0.9), i.n_params > 1 ? e1 : 0.0);
+    }
+    kd::visit_divergence<int>(
+        i.kind,
+        [&](auto e) {
+          for (const kd::endpoint_rule& r : decltype(e)::endpoints)
+            if (r.target) add(i, std::isnan(r.p0) ? e0 : r.p0, std::isnan(r.p1) ? e1 : r.p1);
+          return 0;
+        },
+        0);
+  }
+  return out;
+}
+
+inline const std::vector<loss_case> kCases = registry_cases();
 
 struct problem {
   std::int64_t rows, cols;

@@ -67,7 +67,7 @@
 
 #include "backend.hpp"
 #include "backend/simd.hpp"
-#include "detail/pg_rows.hpp"
+#include "backend/pg_driver.hpp"
 #include "detail/pg_sequence.hpp"
 #include "detail/validate.hpp"
 #include "options.hpp"

@@ -97,7 +97,7 @@ status dispatch_divergence(simd_isa isa, int threads, const divergence& d, const
                            const distill_outputs<G>& out) {
   const dispatch_isa::table* t = table_for(isa);
   if (!t) return make_error(errc::unsupported, "backend", "instruction set not supported by this CPU");
-  return simd::drive<thread_executor, S, P, G>(pick<S, G>(*t), thread_executor{threads}, d, student, teacher, opt,
+  return detail::drive<thread_executor, S, P, G>(pick<S, G>(*t), thread_executor{threads}, d, student, teacher, opt,
                                                result, out);
 }
 

@@ -1,5 +1,5 @@
 // Private to kd::dispatch: the per-instruction-set kernel tables. Each isa_*.cpp is compiled with its own -m flags and
-// fills one table with pointers to kd::detail::simd::process_rows<Arch, ...> (Arch in every symbol: no
+// fills one table with pointers to kd::detail::process_rows<simd::row_kernels<Arch>, ...> (Arch in every symbol: no
 // one-definition-rule clash between the translation units).
 #pragma once
 
@@ -9,7 +9,7 @@ KD_BEGIN_NAMESPACE
 namespace detail::dispatch_isa {
 
 template <class S, class G>
-using rows = simd::rows_fn<S, S, G>;
+using rows = detail::rows_fn<S, S, G>;
 
 struct table {
   rows<float, float> f32;
@@ -36,11 +36,11 @@ void exp_array(const float* in, float* out, std::int64_t n) {
 
 template <class A>
 table make_table() noexcept {
-  return {&simd::process_rows<A, float, float, float>,
-          &simd::process_rows<A, bfloat16, bfloat16, float>,
-          &simd::process_rows<A, bfloat16, bfloat16, bfloat16>,
-          &simd::process_rows<A, half, half, float>,
-          &simd::process_rows<A, half, half, half>,
+  return {&detail::process_rows<simd::row_kernels<A>, float, float, float>,
+          &detail::process_rows<simd::row_kernels<A>, bfloat16, bfloat16, float>,
+          &detail::process_rows<simd::row_kernels<A>, bfloat16, bfloat16, bfloat16>,
+          &detail::process_rows<simd::row_kernels<A>, half, half, float>,
+          &detail::process_rows<simd::row_kernels<A>, half, half, half>,
           &exp_array<A>};
 }
 

@@ -78,29 +78,27 @@ inline status validate_options(const distill_options& o, std::int64_t rows) {
   return ok_status();
 }
 
-inline status validate_divergence(const divergence& d) {
-  switch (d.kind) {
-    case divergence_kind::jsd:
-      if (!(d.param >= 0.0 && d.param <= 1.0))
-        return make_error(errc::invalid_argument, "beta", "must be in [0, 1]", d.param);
-      break;
-    case divergence_kind::skew_kl:
-    case divergence_kind::skew_reverse_kl:
-      if (!(d.param >= 0.0 && d.param < 1.0))
-        return make_error(errc::invalid_argument, "alpha", "must be in [0, 1)", d.param);
-      // p / m <= 1 / alpha must be finite: a subnormal alpha overflows it and gives NaN gradients (found by fuzzing).
-      if (d.param > 0.0 && d.param < std::numeric_limits<double>::min())
-        return make_error(errc::invalid_argument, "alpha", "must be 0 or >= 2.2250738585072014e-308 (not subnormal)",
-                          d.param);
-      break;
-    case divergence_kind::forward_kl:
-    case divergence_kind::reverse_kl:
-    case divergence_kind::tvd:
-      break;
-    default:
-      return make_error(errc::invalid_argument, "divergence", "unknown divergence kind");
-  }
+// A parameter value against its registry range (param_spec).
+inline status validate_param(const param_spec& p, double v) {
+  const bool lo_ok = p.lo_open ? v > p.lo : v >= p.lo, hi_ok = p.hi_open ? v < p.hi : v <= p.hi;
+  if (!(lo_ok && hi_ok)) return make_error(errc::invalid_argument, p.name, p.range_text, v);
+  if (v != 0.0 && std::abs(v) < p.min_nonzero)
+    return make_error(errc::invalid_argument, p.name, p.range_text, v);
   return ok_status();
+}
+
+// The kind must be registered and each of its parameters in range (kd/divergences/registry.hpp).
+inline status validate_divergence(const divergence& d) {
+  return visit_divergence<status>(
+      d.kind,
+      [&](auto e) {
+        using E = decltype(e);
+        const double v[2] = {d.param, d.param2};
+        for (int i = 0; i < E::n_params; ++i)
+          if (status s = validate_param(E::params[i], v[i]); !s) return s;
+        return ok_status();
+      },
+      make_error(errc::invalid_argument, "divergence", "unknown divergence kind (not in kd/divergences/registry.hpp)"));
 }
 
 template <class S, class P, class G>

@@ -6,8 +6,8 @@
 // Per-position stage (detail/pg_sequence.hpp, O(B*L) doubles): rewards, returns, weights, whitening, PPO -> coefficients.
 // Pass 2 (per row, reads the logits again, writes the gradient row once):
 //   g_j = (1/T) [ c_single q_j (log q_j - log p_j - KL) + c_long (onehot(y)_j - q_j) + c_lm (q_j - onehot(lm)_j) ].
-// Reference path: double, reusing the reference divergence core (detail::ref::kl gives q_j (log q_j - log p_j - KL), the
-// reverse-KL row gradient times T). Fast path: float, one fused loop per pass; for float inputs the loops are xsimd batches
+// Reference path: double, running the reverse-KL functor (kd/divergences/kl.hpp) for the KL and its student gradient
+// q_j (log q_j - log p_j - KL) (the reverse-KL row gradient times T). Fast path: float, one fused loop per pass; for float inputs the loops are xsimd batches
 // with the exponential of detail/simd_exp.hpp. Both need O(V) (reference) or O(1) (fast) scratch per row, no B x L x V
 // temporary. Exponentials per element: pass 1 two (student, teacher), pass 2 one (student): the same as a fused reverse-KL
 // forward + backward.
@@ -24,10 +24,10 @@
 
 #include "../options.hpp"
 #include "../pg_options.hpp"
-#include "../backend/simd.hpp"
+#include "../detail/pg_sequence.hpp"
+#include "../detail/reference_rows.hpp"
 #include "../status.hpp"
-#include "pg_sequence.hpp"
-#include "reference_math.hpp"
+#include "simd.hpp"
 
 KD_BEGIN_NAMESPACE
 namespace detail::pg {
@@ -37,8 +37,9 @@ namespace detail::pg {
 
 template <class S, class P>
 struct ref_rows {
-  std::vector<double> lq, lp, gq;
-  explicit ref_rows(std::int64_t v) : lq(v), lp(v), gq(v) {}
+  std::vector<double> lq, lp;
+  rm::kl_row kl;  // KL(q || p): the reverse-KL functor of kd/divergences/kl.hpp (x = student)
+  explicit ref_rows(std::int64_t v) : lq(v), lp(v) {}
 
   // Returns 0 (ok), 1 (student row not finite), 2 (teacher row not finite).
   int pass1(const S* zs, const P* zt, std::int64_t n, double inv_t, row_state& s) {
@@ -50,7 +51,7 @@ struct ref_rows {
     if (!std::isfinite(s.lse_t)) return 2;
     s.lq_y = lq[s.y];
     s.lp_y = lp[s.y];
-    s.kl = ref::kl(lq.data(), lp.data(), n, nullptr, nullptr);
+    s.kl = ref::functor_row_loss(kl, lq.data(), lp.data(), n);
     return 0;
   }
 
@@ -60,12 +61,16 @@ struct ref_rows {
     const bool single = s.c_single != 0.0;
     if (single) {
       ref::load_log_probs(zt, n, inv_t, lp.data());
-      ref::kl(lq.data(), lp.data(), n, gq.data(), nullptr);  // gq_j = q_j (log q_j - log p_j - KL)
+      kl.loss = s.kl;
     }
     for (std::int64_t j = 0; j < n; ++j) {
       const double q = std::exp(lq[j]);
       double v = s.c_long * ((j == s.y ? 1.0 : 0.0) - q) + s.c_lm * (q - (j == s.y_lm ? 1.0 : 0.0));
-      if (single) v += s.c_single * gq[j];
+      if (single) {  // the reverse-KL functor's student gradient: q_j (log q_j - log p_j - KL)
+        double gq, gp;
+        kl.grad(lq[j], lp[j], gq, gp);
+        v += s.c_single * gq;
+      }
       g[j] = from_double<G>(inv_t * v);
     }
   }

@@ -1,0 +1,82 @@
+// The contract between a backend's row kernels and the shared CPU driver (backend/cpu_driver.hpp): one row's inputs,
+// outputs, scales, and what the row kernel reports back. Plain data, instruction-set independent.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "../version.hpp"
+
+KD_BEGIN_NAMESPACE
+namespace detail {
+
+// What went wrong in a row (mapped to a kd::status, with its argument name and message, by the driver alone).
+enum class row_error : std::uint8_t {
+  none = 0,
+  masked,                  // not an error: one side is fully masked (every entry -inf): the row does not count
+  student_non_finite,
+  teacher_non_finite,
+  student_out_of_range,    // finite entries whose |z| / T leaves the compute type's range (e.g. float32 at T = 1e-300)
+  teacher_out_of_range,
+  student_not_normalized,
+  teacher_not_normalized,
+  support_mismatch,
+};
+
+struct row_result {
+  double loss = 0.0;  // the row's divergence in nats (unscaled); NaN / +inf with an error
+  row_error error = row_error::none;
+  double value = 0.0;  // the offending log-sum-exp or loss
+};
+
+// One row's inputs and outputs (gradient pointers may be null; they may equal the input pointers: in place).
+template <class S, class P, class G>
+struct row_io {
+  const S* zs;
+  const P* zt;
+  G* gs;
+  G* gt;
+  std::int64_t n;
+};
+
+struct row_params {
+  double inv_t = 1.0;
+  double c = 0.0;                   // gradient scale: weight * plan.scale * inv_t
+  bool check_student_norm = false;  // declared log_probs at T = 1
+  bool check_teacher_norm = false;
+};
+
+// |log-sum-exp| above this at T = 1 means an input declared as log-probs is not normalized (docs/errors.md).
+inline constexpr double log_probs_tolerance = 0.05;
+
+// True when every entry of x[0..n) is -inf (a fully masked row), compared in double.
+template <class T>
+inline bool all_ninf(const T* x, std::int64_t n) noexcept {
+  for (std::int64_t j = 0; j < n; ++j)
+    if (!(static_cast<double>(x[j]) == -std::numeric_limits<double>::infinity())) return false;
+  return true;
+}
+
+// The normalisation and finiteness checks of pass 1, in the order every backend reports them. lse_* are the rows'
+// log-sum-exps of z / T (NaN: the row has a NaN; +inf: it has +inf; -inf: every z / T is -inf). A row whose
+// log-sum-exp is -inf is fully masked when every entry is -inf (masked_s / masked_t, checked by the caller only then),
+// else its finite entries overflowed when divided by T.
+inline row_result check_pass1(double lse_s, double lse_t, bool masked_s, bool masked_t,
+                              const row_params& rp) noexcept {
+  constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+  constexpr double ninf = -std::numeric_limits<double>::infinity();
+  if ((lse_s == ninf && masked_s) || (lse_t == ninf && masked_t)) return {0.0, row_error::masked, 0.0};
+  if (lse_s == ninf) return {nan, row_error::student_out_of_range, lse_s};
+  if (lse_t == ninf) return {nan, row_error::teacher_out_of_range, lse_t};
+  if (!std::isfinite(lse_s)) return {nan, row_error::student_non_finite, lse_s};
+  if (!std::isfinite(lse_t)) return {nan, row_error::teacher_non_finite, lse_t};
+  if (rp.check_student_norm && (lse_s > log_probs_tolerance || lse_s < -log_probs_tolerance))
+    return {nan, row_error::student_not_normalized, lse_s};
+  if (rp.check_teacher_norm && (lse_t > log_probs_tolerance || lse_t < -log_probs_tolerance))
+    return {nan, row_error::teacher_not_normalized, lse_t};
+  return {};
+}
+
+}  // namespace detail
+KD_END_NAMESPACE

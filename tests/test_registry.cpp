@@ -1,0 +1,203 @@
+// The registry of divergences (kd/divergences/registry.hpp) and the independence of the reference backend's oracle:
+//  - every registered kind has literal values computed outside kd (tests/divergence_values.hpp, mpmath) and the reference
+//    backend reproduces them;
+//  - the reference backend, which now runs the shared functors, agrees with the frozen copy of the original double loops
+//    (tests/frozen_oracle.hpp) to 1e-14 relative on the six original divergences;
+//  - finite differences of the reference's own loss and the math properties hold for every registered divergence;
+//  - names, validation and lookups.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "divergence_values.hpp"
+#include "frozen_oracle.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+struct single {
+  kd::status st;
+  double loss = 0.0;
+  std::vector<double> gs, gt;
+};
+
+// One row, reduction sum (the result is the row's loss in double), double gradients of both sides.
+single one_row(const kd::divergence& d, const std::vector<double>& zs, const std::vector<double>& zt, double T) {
+  const std::int64_t n = static_cast<std::int64_t>(zs.size());
+  single o;
+  o.gs.assign(zs.size(), 9.0);
+  o.gt.assign(zt.size(), 9.0);
+  kd::distill_options opt;
+  opt.temperature = T;
+  opt.reduction = kd::reduction::sum;
+  kd::distill_outputs<double> out;
+  out.grad_student = kd::mut_rows<double>(o.gs.data(), 1, n);
+  out.grad_teacher = kd::mut_rows<double>(o.gt.data(), 1, n);
+  kd::loss_result r;
+  o.st = kd::divergence_loss(d, kd::student_logits(zs.data(), 1, n), kd::teacher_logits(zt.data(), 1, n), opt, r, out,
+                             kd::reference_backend{});
+  o.loss = r.loss;
+  return o;
+}
+
+double max_abs(const std::vector<double>& v) {
+  double m = 0.0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+// The frozen loops' row (the original reference_backend::divergence_row), on log-probs lq (student), lp (teacher).
+double frozen_row(const kd::divergence& d, const double* lq, const double* lp, std::int64_t n, double* gq, double* gp) {
+  namespace f = kdtest::frozen;
+  switch (d.kind) {
+    case kd::divergence_kind::forward_kl: return f::kl(lp, lq, n, gp, gq);
+    case kd::divergence_kind::reverse_kl: return f::kl(lq, lp, n, gq, gp);
+    case kd::divergence_kind::jsd:
+      if (d.param == 0.0) return f::kl(lp, lq, n, gp, gq);
+      if (d.param == 1.0) return f::kl(lq, lp, n, gq, gp);
+      return f::jsd(d.param, lp, lq, n, gp, gq);
+    case kd::divergence_kind::skew_kl:
+      if (d.param == 0.0) return f::kl(lp, lq, n, gp, gq);
+      return f::skew(d.param, lp, lq, n, gp, gq);
+    case kd::divergence_kind::skew_reverse_kl:
+      if (d.param == 0.0) return f::kl(lq, lp, n, gq, gp);
+      return f::skew(d.param, lq, lp, n, gq, gp);
+    case kd::divergence_kind::tvd: return f::tvd(lp, lq, n, gp, gq);
+    default: return std::nan("");  // not one of the six original divergences
+  }
+}
+
+}  // namespace
+
+TEST_CASE("registry: every registered kind has literal values computed outside kd, and the reference matches them",
+          "[registry]") {
+  for (const kd::divergence_info& i : kd::divergence_registry()) {
+    int rows = 0;
+    for (const auto& v : kdtest::divergence_values) rows += v.d.kind == i.kind;
+    INFO(i.name);
+    CHECK(rows > 0);  // a new registry row needs its literal values in tests/divergence_values.hpp
+  }
+  const std::vector<double> zs(kdtest::value_student_logits, kdtest::value_student_logits + 5),
+      zt(kdtest::value_teacher_logits, kdtest::value_teacher_logits + 5);
+  for (const auto& v : kdtest::divergence_values) {
+    INFO(kdt::describe(v.d) << " T=" << v.temperature);
+    const single o = one_row(v.d, zs, zt, v.temperature);
+    REQUIRE(o.st.ok());
+    // Double evaluation of a few-term row: a few ulps of the terms; 1e-13 relative leaves a factor ~100 of margin.
+    CHECK(o.loss == Approx(v.loss).epsilon(1e-13).margin(1e-15));
+    double gmax = 0.0;
+    for (double g : v.grad_student) gmax = std::max(gmax, std::abs(g));
+    for (int j = 0; j < 5; ++j) CHECK(o.gs[j] == Approx(v.grad_student[j]).margin(1e-13 * gmax));
+  }
+}
+
+TEST_CASE("registry: the reference backend agrees with the frozen original loops to 1e-14", "[registry]") {
+  const std::int64_t cols = 257;
+  int compared = 0;
+  for (const auto& d : kdt::kAllDivergences) {
+    if (static_cast<int>(d.kind) > static_cast<int>(kd::divergence_kind::tvd)) continue;  // not one of the original six
+    for (std::uint32_t seed : {1u, 2u, 3u})
+      for (double T : {0.5, 1.0, 3.0}) {
+        auto zs = kdt::random_logits(1, cols, seed, 3.0, 0.1), zt = kdt::random_logits(1, cols, seed + 50, 3.0, 0.1);
+        for (std::int64_t j = 0; j < cols; ++j)  // shared masks: every divergence finite
+          if (std::isinf(zs[j]) || std::isinf(zt[j])) zs[j] = zt[j] = kdt::ninf;
+        const single o = one_row(d, zs, zt, T);
+        REQUIRE(o.st.ok());
+        std::vector<double> lq(cols), lp(cols), gq(cols), gp(cols);
+        kd::detail::ref::load_log_probs(zs.data(), cols, 1.0 / T, lq.data());
+        kd::detail::ref::load_log_probs(zt.data(), cols, 1.0 / T, lp.data());
+        const double l = frozen_row(d, lq.data(), lp.data(), cols, gq.data(), gp.data());
+        INFO(kdt::describe(d) << " seed " << seed << " T " << T);
+        CHECK(o.loss == Approx(l).epsilon(1e-14).margin(1e-300));
+        for (auto& g : gq) g /= T;
+        for (auto& g : gp) g /= T;
+        const double mq = max_abs(gq), mp = max_abs(gp);
+        for (std::int64_t j = 0; j < cols; ++j) {
+          CHECK(std::abs(o.gs[j] - gq[j]) <= 1e-14 * mq);
+          CHECK(std::abs(o.gt[j] - gp[j]) <= 1e-14 * mp);
+        }
+        ++compared;
+      }
+  }
+  CHECK(compared >= 9 * 11);
+}
+
+TEST_CASE("registry: finite differences of the reference loss, every registered divergence", "[registry]") {
+  // Central differences with h = 1e-5 on logits of scale 2: truncation ~h^2 |D'''| ~ 1e-10, rounding ~1e-16 / h ~ 1e-11;
+  // 1e-7 of the largest gradient entry leaves a wide margin without hiding an error of the analytic gradient.
+  const std::int64_t cols = 9;
+  for (const auto& d : kdt::kAllDivergences) {
+    const auto zs = kdt::random_logits(1, cols, 7, 2.0), zt = kdt::random_logits(1, cols, 8, 2.0);
+    for (double T : {1.0, 2.0}) {
+      const single o = one_row(d, zs, zt, T);
+      REQUIRE(o.st.ok());
+      const double gm = std::max(max_abs(o.gs), max_abs(o.gt));
+      INFO(kdt::describe(d) << " T " << T);
+      for (int side = 0; side < 2; ++side)
+        for (std::int64_t j = 0; j < cols; ++j) {
+          auto a = zs, b = zt;
+          auto& v = side == 0 ? a : b;
+          const double h = 1e-5, x = v[j];
+          v[j] = x + h;
+          const double lp = one_row(d, a, b, T).loss;
+          v[j] = x - h;
+          const double lm = one_row(d, a, b, T).loss;
+          const double fd = (lp - lm) / (2 * h), g = side == 0 ? o.gs[j] : o.gt[j];
+          CHECK(std::abs(fd - g) <= 1e-7 * gm);
+        }
+    }
+  }
+}
+
+TEST_CASE("registry: properties of every registered divergence (>= 0, identical rows, shift invariance, zero-sum)",
+          "[registry][properties]") {
+  const std::int64_t cols = 64;
+  for (const auto& d : kdt::kAllDivergences) {
+    INFO(kdt::describe(d));
+    auto zs = kdt::random_logits(1, cols, 11, 3.0, 0.1), zt = kdt::random_logits(1, cols, 12, 3.0, 0.1);
+    for (std::int64_t j = 0; j < cols; ++j)
+      if (std::isinf(zs[j]) || std::isinf(zt[j])) zs[j] = zt[j] = kdt::ninf;
+    const single o = one_row(d, zs, zt, 1.3);
+    REQUIRE(o.st.ok());
+    CHECK(o.loss > 0.0);
+    // Shift invariance: logits + c give the same distributions (the log-probabilities agree to rounding of x + c).
+    auto zs2 = zs, zt2 = zt;
+    for (auto& v : zs2) v += 17.0;
+    for (auto& v : zt2) v -= 5.0;
+    const single o2 = one_row(d, zs2, zt2, 1.3);
+    CHECK(o2.loss == Approx(o.loss).epsilon(1e-12));
+    // Zero-sum gradient rows (softmax chain rule).
+    double s = 0.0, t = 0.0;
+    for (std::int64_t j = 0; j < cols; ++j) s += o.gs[j], t += o.gt[j];
+    CHECK(std::abs(s) <= 1e-14 * cols * max_abs(o.gs));
+    CHECK(std::abs(t) <= 1e-14 * cols * max_abs(o.gt));
+    // Identical rows: exactly 0.
+    const single z = one_row(d, zs, zs, 0.7);
+    REQUIRE(z.st.ok());
+    CHECK(z.loss == 0.0);
+    CHECK(max_abs(z.gs) == 0.0);
+  }
+}
+
+TEST_CASE("registry: names, lookups and parameter validation come from the registry", "[registry]") {
+  CHECK(kd::divergence_count == static_cast<int>(kd::divergence_registry().size()));
+  for (const kd::divergence_info& i : kd::divergence_registry()) {
+    REQUIRE(kd::find_divergence(i.name) == &i);
+    REQUIRE(kd::find_divergence(i.cli_name) == &i);
+    CHECK(std::string(kd::divergence_name(i.kind)) == i.name);
+    for (int p = 0; p < i.n_params; ++p) {  // just outside each range: an argument error naming the parameter
+      kd::divergence d = kd::divergence::of(i.kind, i.params[0].example, i.n_params > 1 ? i.params[1].example : 0.0);
+      (p == 0 ? d.param : d.param2) = i.params[p].hi + 1.0;
+      const single o = one_row(d, {1, 2}, {2, 1}, 1.0);
+      INFO(i.name << " " << i.params[p].name);
+      CHECK(o.st.code == kd::errc::invalid_argument);
+      CHECK(std::string(o.st.argument) == i.params[p].name);
+      CHECK(o.gs[0] == 9.0);  // outputs untouched
+    }
+  }
+  CHECK(kd::find_divergence("nope") == nullptr);
+  CHECK(!kd::is_registered(static_cast<kd::divergence_kind>(kd::divergence_count)));
+}
