@@ -4,7 +4,7 @@
 //  - the reference backend, which now runs the shared functors, agrees with the frozen copy of the original double loops
 //    (tests/frozen_oracle.hpp) to 1e-14 relative on the six original divergences;
 //  - finite differences of the reference's own loss and the math properties hold for every registered divergence;
-//  - names, validation and lookups.
+//  - the alpha-beta divergence (ABKD) at its parameter edges and limits; names, validation and lookups.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -200,4 +200,51 @@ TEST_CASE("registry: names, lookups and parameter validation come from the regis
   }
   CHECK(kd::find_divergence("nope") == nullptr);
   CHECK(!kd::is_registered(static_cast<kd::divergence_kind>(kd::divergence_count)));
+  CHECK(std::string(kd::find_divergence("ab")->name) == "alpha_beta");
+}
+
+TEST_CASE("alpha_beta: endpoints, limits and continuity at the parameter edges", "[registry][alpha_beta]") {
+  using kd::divergence;
+  const auto ab = [](double a, double b) { return divergence::of(kd::divergence_kind::alpha_beta, a, b); };
+  const auto zs = kdt::random_logits(1, 50, 31, 2.5), zt = kdt::random_logits(1, 50, 32, 2.5);
+  const double fkl = one_row(divergence::forward_kl(), zs, zt, 1.0).loss;
+  const double rkl = one_row(divergence::reverse_kl(), zs, zt, 1.0).loss;
+  // Endpoint rules: exactly KL.
+  CHECK(one_row(ab(1, 0), zs, zt, 1.0).loss == fkl);
+  CHECK(one_row(ab(0, 1), zs, zt, 1.0).loss == rkl);
+  // Near the endpoints the general formula approaches KL (distance O(1e-7)).
+  CHECK(one_row(ab(1, 1e-7), zs, zt, 1.0).loss == Approx(fkl).epsilon(1e-5));
+  CHECK(one_row(ab(1e-7, 1), zs, zt, 1.0).loss == Approx(rkl).epsilon(1e-5));
+  // Continuity into each limit formula (beta = 0, alpha = 0, both 0). The difference is O(param); the cancellation of
+  // (v + w) / s costs about 2^-53 4 / (s |d|) ~ 1e-8 relative at s = 2e-8: 1e-6 relative bounds both.
+  for (double a : {0.3, 0.9}) CHECK(one_row(ab(a, 1e-8), zs, zt, 1.0).loss == Approx(one_row(ab(a, 0), zs, zt, 1.0).loss).epsilon(1e-6));
+  for (double b : {0.4, 1.0}) CHECK(one_row(ab(1e-8, b), zs, zt, 1.0).loss == Approx(one_row(ab(0, b), zs, zt, 1.0).loss).epsilon(1e-6));
+  const double ab00 = one_row(ab(0, 0), zs, zt, 1.0).loss;
+  CHECK(one_row(ab(1e-8, 1e-8), zs, zt, 1.0).loss == Approx(ab00).epsilon(1e-6));
+  // Mirror symmetry of the definition: D_AB^(a,b)(p || q) = D_AB^(b,a)(q || p).
+  CHECK(one_row(ab(0.3, 0.9), zs, zt, 1.4).loss == Approx(one_row(ab(0.9, 0.3), zt, zs, 1.4).loss).epsilon(1e-13));
+  // Zero probabilities: shared zeros contribute nothing; a one-sided zero is finite for alpha, beta > 0 and a support
+  // mismatch (+inf) where the limit formula has log 0.
+  auto ms = zs, mt = zt;
+  ms[3] = mt[3] = kdt::ninf;
+  CHECK(std::isfinite(one_row(ab(0, 0), ms, mt, 1.0).loss));
+  mt[5] = kdt::ninf;  // teacher p = 0 where the student has mass
+  const single a1 = one_row(ab(0.5, 0.5), ms, mt, 1.0);
+  CHECK(a1.st.ok());
+  CHECK(std::isfinite(a1.loss));
+  CHECK(one_row(ab(0.0, 0.5), ms, mt, 1.0).st.code == kd::errc::support_mismatch);  // alpha = 0: q^b log(q^b / p^b)
+  CHECK(one_row(ab(0.0, 0.0), ms, mt, 1.0).st.code == kd::errc::support_mismatch);
+  ms[5] = 0.0;
+  ms[7] = kdt::ninf;  // student q = 0 where the teacher has mass: beta = 0 has log(p / q)
+  CHECK(one_row(ab(0.7, 0.0), ms, zt, 1.0).st.code == kd::errc::support_mismatch);
+  // The one-sided-zero terms are what the definition gives: compare with the limit of a tiny probability.
+  auto tiny = zt;
+  tiny[5] = -60.0;  // p_5 ~ e^-60 ~ 1e-26: its terms p^a q^b, p^s vanish to ~1e-13 relative (a = 0.5)
+  auto zt0 = zt;
+  zt0[5] = kdt::ninf;
+  CHECK(one_row(ab(0.5, 0.5), zs, zt0, 1.0).loss == Approx(one_row(ab(0.5, 0.5), zs, tiny, 1.0).loss).epsilon(1e-9));
+  // Range: 0 or [1e-30, 1] (float32 lanes divide by the parameter).
+  CHECK(one_row(ab(-0.1, 0.5), zs, zt, 1.0).st.code == kd::errc::invalid_argument);
+  CHECK(std::string(one_row(ab(0.5, 1e-31), zs, zt, 1.0).st.argument) == "beta");
+  CHECK(one_row(ab(1e-30, 0.5), zs, zt, 1.0).st.ok());
 }

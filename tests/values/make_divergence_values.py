@@ -35,6 +35,19 @@ def skew_reverse_kl(alpha):
 def tvd(p, q):
     return sum(abs(x - y) for x, y in zip(p, q)) / 2
 
+def alpha_beta(a, b):
+    a, b = mp.mpf(a), mp.mpf(b)
+    s = a + b
+    def f(p, q):  # Cichocki, Cruces, Amari 2011, Eq. 4 and the limits of Eq. 5
+        if a != 0 and b != 0 and s != 0:
+            return -sum(x**a * y**b - a / s * x**s - b / s * y**s for x, y in zip(p, q)) / (a * b)
+        if a != 0 and b == 0:
+            return sum(x**a * mp.log(x**a / y**a) - x**a + y**a for x, y in zip(p, q)) / a**2
+        if a == 0 and b != 0:
+            return sum(y**b * mp.log(y**b / x**b) - y**b + x**b for x, y in zip(p, q)) / b**2
+        return sum((mp.log(x) - mp.log(y)) ** 2 for x, y in zip(p, q)) / 2
+    return f
+
 # (C++ divergence expression, definition D(p, q) with p = teacher, q = student)
 CASES = [
     ("kd::divergence::forward_kl()", lambda p, q: kl(p, q)),
@@ -44,6 +57,11 @@ CASES = [
     ("kd::divergence::skew_kl(0.1)", skew_kl(mp.mpf("0.1"))),
     ("kd::divergence::skew_reverse_kl(0.1)", skew_reverse_kl(mp.mpf("0.1"))),
     ("kd::divergence::tvd()", tvd),
+    ("kd::divergence::of(kd::divergence_kind::alpha_beta, 0.5, 0.5)", alpha_beta("0.5", "0.5")),
+    ("kd::divergence::of(kd::divergence_kind::alpha_beta, 0.2, 0.7)", alpha_beta("0.2", "0.7")),
+    ("kd::divergence::of(kd::divergence_kind::alpha_beta, 0.8, 0.0)", alpha_beta("0.8", "0")),
+    ("kd::divergence::of(kd::divergence_kind::alpha_beta, 0.0, 0.8)", alpha_beta("0", "0.8")),
+    ("kd::divergence::of(kd::divergence_kind::alpha_beta, 0.0, 0.0)", alpha_beta("0", "0")),
 ]
 
 ZS = [1.0, 2.0, 3.0, 4.0, -1.5]

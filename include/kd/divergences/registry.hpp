@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "alpha_beta.hpp"
 #include "jsd.hpp"
 #include "kl.hpp"
 #include "skew_kl.hpp"
@@ -26,7 +27,8 @@
   X(jsd, divergences::jsd)                       \
   X(skew_kl, divergences::skew_kl)               \
   X(skew_reverse_kl, divergences::skew_reverse_kl) \
-  X(tvd, divergences::tvd)                      
+  X(tvd, divergences::tvd)                       \
+  X(alpha_beta, divergences::alpha_beta)
 
 KD_BEGIN_NAMESPACE
 
