@@ -43,6 +43,39 @@ expect_exit 2 "unknown option" "$KD" loss --los fkl
 expect_exit 2 "missing --student" "$KD" loss --loss fkl --teacher "$DATA/caseA_teacher.npy"
 expect_exit 1 "NaN student" "$KD" loss --loss rkl --student "$DATA/nan_student.npy" --teacher "$DATA/caseA_teacher.npy"
 expect_exit 2 "unknown command" "$KD" frobnicate
+# Argument parsing (issue "Correctness round" 3.1): each must exit 2 with one line naming the flag.
+expect_err() {  # expected-code stderr-substring description command...
+  local code="$1" pat="$2" what="$3"; shift 3
+  "$@" >"$TMP/out" 2>"$TMP/err"; local rc=$?
+  if [ "$rc" = "$code" ] && [ "$(wc -l <"$TMP/err")" -le 1 ] && grep -qF -- "$pat" "$TMP/err"; then ok
+  else bad "$what: exit $rc, stderr: $(cat "$TMP/err")"; fi
+}
+CA="--student $DATA/caseA_student.npy --teacher $DATA/caseA_teacher.npy"
+expect_err 2 "--loss" "repeated --loss" "$KD" loss --loss fkl --loss rkl $CA
+expect_err 2 "--temperature" "repeated --temperature (= form)" "$KD" loss --loss fkl --temperature=1 --temperature 2 $CA
+expect_err 2 "--t2-scale" "repeated valueless flag" "$KD" loss --loss fkl --t2-scale --t2-scale $CA
+expect_err 2 "--ignore-index" "--ignore-index beyond int64 (was clamped)" "$KD" loss --loss rkl \
+  --student "$DATA/b3_student_f16.npy" --teacher "$DATA/b3_teacher_f16.npy" --labels "$DATA/b3_labels.npy" \
+  --ignore-index 99999999999999999999
+expect_err 2 "--ignore-index" "--ignore-index below int64" "$KD" loss --loss rkl \
+  --student "$DATA/b3_student_f16.npy" --teacher "$DATA/b3_teacher_f16.npy" --labels "$DATA/b3_labels.npy" \
+  --ignore-index -99999999999999999999
+expect_err 2 "--ignore-index" "--ignore-index hexadecimal" "$KD" loss --loss rkl \
+  --student "$DATA/b3_student_f16.npy" --teacher "$DATA/b3_teacher_f16.npy" --labels "$DATA/b3_labels.npy" \
+  --ignore-index 0x10
+expect_err 2 "--temperature" "hexadecimal float (strtod accepted it)" "$KD" loss --loss fkl --temperature 0x1p1 $CA
+expect_err 2 "--beta" "hexadecimal float" "$KD" loss --loss jsd --beta 0x0.8p0 $CA
+expect_err 2 "--temperature" "inf is not a decimal number" "$KD" loss --loss fkl --temperature inf $CA
+expect_err 2 "--temperature" "nan is not a decimal number" "$KD" loss --loss fkl --temperature nan $CA
+expect_err 2 "--temperature" "leading blank" "$KD" loss --loss fkl --temperature " 2" $CA
+expect_err 2 "--temperature" "out of double range" "$KD" loss --loss fkl --temperature 1e999 $CA
+expect_err 2 "--seed" "leading blank in an integer" "$KD" gradcheck --seed " 3"
+expect_err 2 "--rows" "gradcheck --rows without limit (was bad_alloc)" "$KD" gradcheck --rows 100000000000
+expect_err 2 "--vocab" "gradcheck --vocab without limit (was bad_alloc)" "$KD" gradcheck --vocab 100000000000
+expect_err 2 "--rows" "gradcheck --rows 0" "$KD" gradcheck --rows 0
+expect_err 2 "--seed" "gradcheck --seed beyond uint32" "$KD" gradcheck --seed 4294967296
+out=$("$KD" loss --loss fkl --temperature 2.0e0 $CA)
+near "$(echo "$out" | field loss)" 0.58457648846186432 1e-6 && ok || bad "decimal exponent form: $out"
 "$KD" gradcheck >"$TMP/gc" 2>&1 && grep -q " 0 failed" "$TMP/gc" && ok || bad "kd gradcheck: $(tail -3 "$TMP/gc")"
 
 echo "cli: $pass passed, $fail failed"

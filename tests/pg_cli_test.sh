@@ -54,5 +54,15 @@ expect_exit 2 "bad --single-step" "$KD" pg $IN --single-step maybe
 expect_exit 1 "NaN logits at a valid position" "$KD" pg --student "$DATA/pg_student_nan.npy" \
   --teacher "$DATA/pg_teacher.npy" --tokens "$DATA/pg_tokens.npy" --mask "$DATA/pg_mask.npy"
 
+expect_err() {  # expected-code stderr-substring description command...
+  local code="$1" pat="$2" what="$3"; shift 3
+  "$@" >"$TMP/out" 2>"$TMP/err"; local rc=$?
+  if [ "$rc" = "$code" ] && [ "$(wc -l <"$TMP/err")" -le 1 ] && grep -qF -- "$pat" "$TMP/err"; then ok
+  else bad "$what: exit $rc, stderr: $(cat "$TMP/err")"; fi
+}
+expect_err 2 "--alpha" "repeated --alpha" "$KD" pg $IN --alpha 0.2 --alpha 0.3
+expect_err 2 "--mask" "repeated --mask" "$KD" pg $IN --mask "$DATA/pg_mask.npy"
+expect_err 2 "--gamma" "hexadecimal --gamma" "$KD" pg $IN --gamma 0x1p-1
+
 echo "pg cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -1,6 +1,7 @@
 // Small helpers shared by the kd tool's subcommands: argument parsing, JSON output, one-line errors.
 #pragma once
 
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -18,7 +19,10 @@ struct usage_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// --name value / --flag parser. `flags` take no value; every other option takes exactly one.
+// --name value / --flag parser. `flags` take no value; every other option takes exactly one. Every option may be given at
+// most once (a repeated option is an error, never "last one wins"). Numbers are plain decimal only: num() takes
+// [+-]digits[.digits][e[+-]digits] (no hexadecimal, inf, nan or blanks, which strtod would accept) and integer()
+// [+-]digits; a value outside the representable range is an error (strtod / strtoll would clamp it).
 class args {
  public:
   args(int argc, char** argv, const std::set<std::string>& valued, const std::set<std::string>& flags) {
@@ -29,6 +33,8 @@ class args {
       std::string key = a.substr(2), val;
       auto eq = key.find('=');
       if (eq != std::string::npos) { val = key.substr(eq + 1); key = key.substr(0, eq); }
+      if ((flags.count(key) || valued.count(key)) && values_.count(key))
+        throw usage_error("--" + key + " is given more than once");
       if (flags.count(key)) {
         if (eq != std::string::npos) throw usage_error("--" + key + " takes no value");
         values_[key] = "1";
@@ -56,17 +62,30 @@ class args {
   double num(const std::string& k, double def) const {
     if (!has(k)) return def;
     const std::string s = str(k);
+    if (!is_decimal(s, true)) throw usage_error("--" + k + ": not a decimal number: '" + s + "'");
+    errno = 0;
     char* end = nullptr;
-    double v = std::strtod(s.c_str(), &end);
-    if (s.empty() || *end != '\0') throw usage_error("--" + k + ": not a number: '" + s + "'");
+    const double v = std::strtod(s.c_str(), &end);
+    if (errno == ERANGE && !(std::abs(v) < 1.0))  // overflow (underflow to a subnormal or 0 is accepted)
+      throw usage_error("--" + k + ": out of the range of a double: '" + s + "'");
     return v;
   }
   std::int64_t integer(const std::string& k, std::int64_t def) const {
     if (!has(k)) return def;
     const std::string s = str(k);
+    if (!is_decimal(s, false)) throw usage_error("--" + k + ": not a decimal integer: '" + s + "'");
+    errno = 0;
     char* end = nullptr;
-    long long v = std::strtoll(s.c_str(), &end, 10);
-    if (s.empty() || *end != '\0') throw usage_error("--" + k + ": not an integer: '" + s + "'");
+    const long long v = std::strtoll(s.c_str(), &end, 10);
+    if (errno == ERANGE) throw usage_error("--" + k + ": out of the range of a 64-bit integer: '" + s + "'");
+    return v;
+  }
+  // integer() restricted to [lo, hi].
+  std::int64_t integer_in(const std::string& k, std::int64_t def, std::int64_t lo, std::int64_t hi) const {
+    const std::int64_t v = integer(k, def);
+    if (v < lo || v > hi)
+      throw usage_error("--" + k + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "] (got " +
+                        str(k) + ")");
     return v;
   }
   std::string choice(const std::string& k, const std::vector<std::string>& allowed, const std::string& def) const {
@@ -79,6 +98,30 @@ class args {
   }
 
  private:
+  // [+-]digits, or with fraction: [+-](digits[.digits*] | .digits)[(e|E)[+-]digits]
+  static bool is_decimal(const std::string& s, bool fraction) {
+    std::size_t i = 0, n = s.size();
+    const auto digits = [&] {
+      const std::size_t b = i;
+      while (i < n && s[i] >= '0' && s[i] <= '9') ++i;
+      return i - b;
+    };
+    if (i < n && (s[i] == '+' || s[i] == '-')) ++i;
+    std::size_t m = digits();
+    if (!fraction) return m > 0 && i == n;
+    if (i < n && s[i] == '.') {
+      ++i;
+      m += digits();
+    }
+    if (m == 0) return false;
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+      ++i;
+      if (i < n && (s[i] == '+' || s[i] == '-')) ++i;
+      if (digits() == 0) return false;
+    }
+    return i == n;
+  }
+
   std::map<std::string, std::string> values_;
   bool help_ = false;
 };
