@@ -12,6 +12,18 @@ bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 field() { sed -n "s/.*\"$1\": \([-0-9.eE+]*\).*/\1/p"; }
 first() { sed -n "s/.*\"$1\": \[\[\([-0-9.eE+]*\),.*/\1/p"; }   # first element of a [B, L] array
 near() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= t * (1 + (b < 0 ? -b : b))) }'; }
+# mknpy PATH DTYPE SHAPE VALUES: a small .npy from a Python literal (python3 standard library only; no numpy needed).
+mknpy() {
+  python3 - "$@" <<'PY'
+import struct, sys, math
+path, dt, shape, vals = sys.argv[1], sys.argv[2], eval(sys.argv[3]), eval(sys.argv[4], {"nan": math.nan, "inf": math.inf})
+code = {"<f4": "f", "<f8": "d", "<i8": "q", "|u1": "B"}[dt]
+h = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (dt, repr(tuple(shape)))
+h += " " * (63 - (10 + len(h)) % 64) + "\n"
+with open(path, "wb") as f:
+    f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h.encode() + struct.pack("<%d%s" % (len(vals), code), *vals))
+PY
+}
 IN="--student $DATA/pg_student.npy --teacher $DATA/pg_teacher.npy --tokens $DATA/pg_tokens.npy --mask $DATA/pg_mask.npy"
 A=0.47000362924573558; B=-0.22314355131420976
 
@@ -46,8 +58,8 @@ expect_exit 2 "2-D logits" "$KD" pg --student "$DATA/caseA_student.npy" --teache
   --tokens "$DATA/pg_tokens.npy" --mask "$DATA/pg_mask.npy"
 expect_exit 2 "not a .npy" "$KD" pg --student "$DATA/notnpy.npy" --teacher "$DATA/pg_teacher.npy" \
   --tokens "$DATA/pg_tokens.npy" --mask "$DATA/pg_mask.npy"
-expect_exit 2 "missing --mask" "$KD" pg --student "$DATA/pg_student.npy" --teacher "$DATA/pg_teacher.npy" \
-  --tokens "$DATA/pg_tokens.npy"
+expect_exit 2 "missing --tokens" "$KD" pg --student "$DATA/pg_student.npy" --teacher "$DATA/pg_teacher.npy" \
+  --mask "$DATA/pg_mask.npy"
 expect_exit 2 "gamma out of range" "$KD" pg $IN --gamma 2
 expect_exit 2 "bad --length-norm" "$KD" pg $IN --length-norm mean
 expect_exit 2 "bad --single-step" "$KD" pg $IN --single-step maybe
@@ -63,6 +75,24 @@ expect_err() {  # expected-code stderr-substring description command...
 expect_err 2 "--alpha" "repeated --alpha" "$KD" pg $IN --alpha 0.2 --alpha 0.3
 expect_err 2 "--mask" "repeated --mask" "$KD" pg $IN --mask "$DATA/pg_mask.npy"
 expect_err 2 "--gamma" "hexadecimal --gamma" "$KD" pg $IN --gamma 0x1p-1
+
+# NaN in --mask (issue "Correctness round" 3.2): an error naming --mask, not a valid position.
+mknpy "$TMP/mask_nan.npy" "<f4" "[2, 3]" "[1, 1, 1, 1, nan, 0]"
+expect_err 2 "--mask" "NaN in a float mask" "$KD" pg --student "$DATA/pg_student.npy" --teacher "$DATA/pg_teacher.npy" \
+  --tokens "$DATA/pg_tokens.npy" --mask "$TMP/mask_nan.npy"
+# Without --mask, a fully masked student row (all -inf) is padding, exactly as --mask 0 there: here the padded position
+# [1, 2] has student logits all -inf (its token 99 is never read), so the output equals the run with pg_mask.npy.
+mknpy "$TMP/s_masked.npy" "<f4" "[2, 3, 4]" "[0.0] * 20 + [-inf] * 4"
+with_mask=$("$KD" pg --student "$TMP/s_masked.npy" --teacher "$DATA/pg_teacher.npy" --tokens "$DATA/pg_tokens.npy" \
+  --mask "$DATA/pg_mask.npy")
+no_mask=$("$KD" pg --student "$TMP/s_masked.npy" --teacher "$DATA/pg_teacher.npy" --tokens "$DATA/pg_tokens.npy")
+[ -n "$no_mask" ] && [ "$no_mask" = "$with_mask" ] && ok || bad "no --mask, fully masked row: $no_mask vs $with_mask"
+[ "$(echo "$no_mask" | field valid_tokens)" = 5 ] && ok || bad "no --mask: valid_tokens: $no_mask"
+# Marked valid by --mask, the same row is a value error (its sampled token has probability 0): exit 1.
+mknpy "$TMP/mask_all.npy" "|u1" "[2, 3]" "[1] * 6"
+mknpy "$TMP/tok_ok.npy" "<i8" "[2, 3]" "[0, 1, 0, 1, 0, 0]"
+expect_err 1 "student" "fully masked row marked valid" "$KD" pg --student "$TMP/s_masked.npy" \
+  --teacher "$DATA/pg_teacher.npy" --tokens "$TMP/tok_ok.npy" --mask "$TMP/mask_all.npy"
 
 echo "pg cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]

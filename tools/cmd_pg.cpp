@@ -3,6 +3,7 @@
 // gradient with respect to the student logits as float32 .npy [B, L, V].
 #include <kd/policy_gradient.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -15,14 +16,15 @@ namespace kdtool {
 namespace {
 
 const char* kPgHelp =
-    "usage: kd pg --student S.npy --teacher T.npy --tokens Y.npy --mask M.npy [--old-logprobs O.npy]\n"
+    "usage: kd pg --student S.npy --teacher T.npy --tokens Y.npy [--mask M.npy] [--old-logprobs O.npy]\n"
     "             [--alpha A] [--gamma G] [--length-norm paper|reference|none] [--clip C] [--temperature T]\n"
     "             [--single-step on|off] [--whiten on|off] [--grad G.npy]\n"
     "             [--iw per-token|exact] [--iw-clip W] [--reward-scale S] [--reward-clip R]\n"
     "             [--reduction mean|sum] [--backend default|reference]\n"
     "MiniLLM policy gradient of the sequence-level reverse KL KL(student || teacher) (Gu et al. arXiv 2306.08543).\n"
     "Inputs: student and teacher logits float16/32/64 [B, L, V]; sampled tokens int32/int64 [B, L]; mask [B, L] (bool,\n"
-    "uint8, int or float; nonzero = response token); optional rollout-time student log-probs of the tokens float [B, L].\n"
+    "uint8, int or float; nonzero = response token, 0 = padding, NaN = error; without --mask, positions whose student\n"
+    "logits are all -inf are padding); optional rollout-time student log-probs of the tokens float [B, L].\n"
     "Defaults: alpha 0 (tokens sampled from the student), gamma 1, length-norm paper (R_{t+1} / number of future tokens),\n"
     "clip 0 (off), temperature 1, single-step on, whiten off, per-token importance weights, token-mean reduction.\n"
     "--length-norm reference also includes the current reward in the return (the public reference code).\n"
@@ -70,7 +72,7 @@ int run_typed(const inputs& in, const kd::pg_options& o, bool reference, const s
   seq.batch = in.B;
   seq.time = in.L;
   seq.tokens = kd::label_view(in.tokens.data(), R);
-  seq.mask = kd::mask_view(in.mask.data(), R);
+  if (!in.mask.empty()) seq.mask = kd::mask_view(in.mask.data(), R);  // no --mask: rows of all -inf are padding
   if (in.has_old) seq.old_log_probs = in.old.data();
   kd::pg_outputs<float> out;
   if (!grad.empty()) out.grad_student = kd::mut_rows<float>(grad.data(), R, in.V);
@@ -168,7 +170,8 @@ int pg_main(int argc, char** argv) {
   in.s = load(a.required("student"), "student");
   in.t = load(a.required("teacher"), "teacher");
   const npy_array tok = load(a.required("tokens"), "tokens");
-  const npy_array mask = load(a.required("mask"), "mask");
+  npy_array mask;
+  if (a.has("mask")) mask = load(a.str("mask"), "mask");
   for (const auto* x : {&in.s, &in.t}) {
     const char* name = x == &in.s ? "--student" : "--teacher";
     if (!x->is_float()) throw usage_error(std::string(name) + ": dtype must be float16, float32 or float64");
@@ -182,10 +185,18 @@ int pg_main(int argc, char** argv) {
   const std::vector<std::int64_t> bl = {in.B, in.L};
   if (!tok.is_int()) throw usage_error("--tokens: dtype must be int32 or int64");
   if (tok.shape != bl) throw usage_error("--tokens: shape must be [B, L] of the logits");
-  if (mask.shape != bl) throw usage_error("--mask: shape must be [B, L] of the logits");
   in.tokens = tok.to_int64();
-  in.mask.resize(static_cast<std::size_t>(in.B * in.L));
-  for (std::int64_t i = 0; i < in.B * in.L; ++i) in.mask[i] = mask.get_double(i) != 0.0 ? 1 : 0;
+  if (a.has("mask")) {
+    if (mask.shape != bl) throw usage_error("--mask: shape must be [B, L] of the logits");
+    in.mask.resize(static_cast<std::size_t>(in.B * in.L));
+    for (std::int64_t i = 0; i < in.B * in.L; ++i) {
+      const double m = mask.get_double(i);
+      if (std::isnan(m))  // NaN != 0 would have made it a valid position
+        throw usage_error("--mask: NaN at [" + std::to_string(i / in.L) + ", " + std::to_string(i % in.L) +
+                          "] (use 0 for padding, nonzero for a response token)");
+      in.mask[i] = m != 0.0 ? 1 : 0;
+    }
+  }
   if (a.has("old-logprobs")) {
     const npy_array old = load(a.str("old-logprobs"), "old-logprobs");
     if (!old.is_float()) throw usage_error("--old-logprobs: dtype must be float16, float32 or float64");

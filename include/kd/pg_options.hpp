@@ -98,7 +98,9 @@ struct pg_options {
   }
 };
 
-// Per-position validity: 1-byte (bool / uint8), int32, int64 or float32 masks; nonzero = valid. An empty view = all valid.
+// Per-position validity: 1-byte (bool / uint8), int32, int64 or float32 masks; nonzero = valid, 0 = padding. A NaN in a
+// float mask is neither, and is an argument error (errc::invalid_argument, argument "mask"). An empty view: every position
+// is valid except those whose student logits row is fully masked (all -inf), which are padding (docs/conventions.md).
 struct mask_view {
   const std::uint8_t* u8 = nullptr;
   const std::int32_t* i32 = nullptr;
@@ -127,7 +129,7 @@ struct pg_sequences {
   std::int64_t batch = 0;              // B
   std::int64_t time = 0;               // L
   label_view tokens = {};              // [B*L] sampled tokens y (int32 / int64), read only at valid positions
-  mask_view mask = {};                 // [B*L] validity; empty = every position valid
+  mask_view mask = {};                 // [B*L] validity; empty = every position whose student row is not all -inf
   const float* old_log_probs = nullptr;  // optional [B*L] rollout-time student log q_old(y_t) (nats, at temperature T);
                                          // absent: q_old = q (on-policy, first PPO epoch)
   label_view lm_labels = {};           // optional [B*L] labels of the LM term (ignore_index = not counted)
