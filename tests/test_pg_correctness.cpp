@@ -133,3 +133,89 @@ TEST_CASE("pg: without a mask, a fully masked student row (all -inf) is a padded
     for (double g : r.grad) REQUIRE(g == 777.0);
   }
 }
+
+TEST_CASE("pg: importance weights beyond the float range are capped in log space, never NaN/inf", "[pg][iw][regression]") {
+  // Student and teacher disagree completely: |logit| / T = s / T > 40, the sampled token 0 has q ~ 1 and p ~ exp(-2 s / T).
+  // With alpha = 1 (or 1 - 1e-12) the per-token weight q_old / s_t ~ exp(2 s / T) overflows float (and, as a prefix product
+  // over 4 tokens, double): before the fix the gradients held inf and NaN under an ok status.
+  for (double scale_over_t : {45.0, 60.0, 100.0}) {
+    for (double T : {1.0, 0.1}) {
+      call c;
+      c.B = 1;
+      c.L = 4;
+      c.V = 5;
+      const double s = scale_over_t * T;
+      for (std::int64_t r = 0; r < c.L; ++r)
+        for (std::int64_t j = 0; j < c.V; ++j) {
+          c.zs.push_back(j == 0 ? s : -s);
+          c.zt.push_back(j == 0 ? -s : s);
+        }
+      c.tok.assign(4, 0);
+      for (double alpha : {1.0, 1.0 - 1e-12}) {
+        for (auto form : {kd::importance_weight_form::per_token, kd::importance_weight_form::exact_product}) {
+          kd::pg_options o;
+          o.temperature = T;
+          o.alpha = alpha;
+          o.iw_form = form;
+          INFO("s/T " << scale_over_t << " T " << T << " alpha " << alpha << " exact " << (form == kd::importance_weight_form::exact_product));
+          const result ref = run(c, c.seq(), o);
+          const result fast = run<float>(c, c.seq(), o, kd::pg_fast_backend{});
+          REQUIRE(ref.st.ok());
+          REQUIRE(fast.st.ok());
+          double gmax = 0.0, worst = 0.0;
+          for (std::size_t i = 0; i < ref.grad.size(); ++i) {
+            REQUIRE(std::isfinite(ref.grad[i]));
+            REQUIRE(std::isfinite(fast.grad[i]));
+            gmax = std::max(gmax, std::abs(ref.grad[i]));
+            worst = std::max(worst, std::abs(fast.grad[i] - ref.grad[i]));
+          }
+          CHECK(worst <= 1e-5 * gmax + 1e-35);  // + 1e-35: entries below float's normal range (1.2e-38) are subnormal
+          CHECK(std::isfinite(ref.d.loss));
+          CHECK(fast.d.loss == Approx(ref.d.loss).epsilon(1e-5));
+          for (std::int64_t t = 0; t < c.L; ++t) {
+            REQUIRE(std::isfinite(ref.adv[t]));
+            REQUIRE(std::isfinite(fast.adv[t]));
+            // log w_t = log q_old - log s_t ~ 2 s / T > log(1e10) = 23.03 at every token: the weight is the cap exactly,
+            // both per token and as the (capped) prefix product.
+            CHECK(ref.iw[t] == static_cast<float>(kd::pg_max_importance_weight));
+            CHECK(fast.iw[t] == ref.iw[t]);
+          }
+          CHECK(ref.d.iw_clip_fraction == 1.0);
+          CHECK(ref.d.iw_max == kd::pg_max_importance_weight);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("pg: the log-space cap keeps each reward weighted by its own capped prefix weight (exact form)",
+          "[pg][iw][regression]") {
+  // Hand computation, L = 3, one sequence, per-token log ratios l = [30, -50, 10] (as log q_old - log s),
+  // cap C = log(1e10) = 23.0259: prefix sums [30, -20, -10] clamp to [C, -20, -10], so W = [1e10, e^-20, e^-10] and the
+  // ratios carried inside the advantage are W_t / W_{t-1} = [-, e^(-20 - C), e^(-10 + 20)] = [-, e^-43.03, e^10].
+  // With rewards r = [r0, r1, r2], gamma = 1, no normalization, excluding the current reward:
+  // A_0 = G_1 = e^(-20 - C) (r1 + e^10 r2), so W_0 A_0 = e^-20 r1 + e^-10 r2 = W_1 r1 + W_2 r2 (each reward with its own W).
+  const double lr[3] = {30.0, -50.0, 10.0};
+  const double rew[3] = {0.25, -0.5, 0.75};
+  const bool valid[3] = {true, true, true};
+  double sw[3], w[3], carried[3];
+  bool clipped[3];
+  kd::detail::pg::capped_weights(lr, valid, 3, true, sw, w, carried, clipped);
+  const double C = std::log(kd::pg_max_importance_weight);
+  CHECK(w[0] == Approx(1e10).epsilon(1e-15));
+  CHECK(w[1] == Approx(std::exp(-20.0)).epsilon(1e-15));
+  CHECK(w[2] == Approx(std::exp(-10.0)).epsilon(1e-15));
+  CHECK(sw[0] == 1.0);
+  CHECK(sw[1] == w[0]);
+  CHECK(sw[2] == w[1]);
+  CHECK(clipped[0]);
+  CHECK(!clipped[1]);
+  CHECK(!clipped[2]);
+  CHECK(carried[1] == Approx(-20.0 - C).epsilon(1e-15));
+  CHECK(carried[2] == Approx(10.0).epsilon(1e-15));
+  double adv[3];
+  kd::detail::pg::sequence_returns(rew, valid, carried, 3, 1.0, kd::length_norm::none, false, true, adv);
+  CHECK(w[0] * adv[0] == Approx(w[1] * rew[1] + w[2] * rew[2]).epsilon(1e-12));
+  CHECK(w[1] * adv[1] == Approx(w[2] * rew[2]).epsilon(1e-12));
+  CHECK(adv[2] == 0.0);
+}

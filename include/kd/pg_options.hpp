@@ -41,6 +41,16 @@ enum class current_reward { by_variant, exclude, include };
 //   per_token    : w_t = q_old(y_t) / s(y_t) (the paper's approximation; what the reference code uses).
 enum class importance_weight_form { exact_product, per_token };
 
+// Every importance weight (the per-token w_t, the exact prefix product W_t, the single-step weight W_{t-1}) is formed from
+// its logarithm in double and clamped to [1 / pg_max_importance_weight, pg_max_importance_weight] before it is
+// exponentiated; the PPO ratio rho_t = exp(log q - log q_old) * weight is capped at the same value (where capped, its
+// gradient is 0, as for any clip). A weight of 1e10 already means one sample outweighs ten billion others, so the cap only
+// changes degenerate estimates (alpha at or next to 1 with |logit| / T > ~12, or exact products over long sequences) and
+// keeps every weight, and with it every gradient coefficient, inside float32's range instead of inf / NaN. Counted in
+// pg_diagnostics::iw_clip_fraction. In the exact form the ratios carried inside the advantage are those of the capped
+// prefix products, so each reward stays weighted by its own (capped) prefix weight. docs/policy_gradient.md.
+inline constexpr double pg_max_importance_weight = 1e10;
+
 struct pg_options {
   double temperature = 1.0;                 // T > 0: q = softmax(z_student / T), p = softmax(z_teacher / T)
   double gamma = 1.0;                       // discount in [0, 1] over relative (valid-token) positions
@@ -52,7 +62,8 @@ struct pg_options {
   double reward_clip = 0.0;                 // > 0: clip scaled rewards to [-reward_clip, reward_clip]; 0: off
   double alpha = 0.0;                       // teacher-mix coefficient in [0, 1]: tokens were sampled from alpha p + (1-alpha) q
   importance_weight_form iw_form = importance_weight_form::per_token;
-  double iw_clip = 0.0;                     // > 0: clip importance weights at this value; 0: off
+  double iw_clip = 0.0;                     // > 0: clip importance weights at this value; 0: off (the hard cap
+                                            // pg_max_importance_weight applies either way)
   double clip_range = 0.0;                  // PPO epsilon in [0, 1); 0: off (no clipping)
   double lm_weight = 0.0;                   // weight of the LM (cross-entropy) term on pg_sequences::lm_labels; 0: off
   std::int64_t ignore_index = -100;         // lm_labels equal to this are not counted
@@ -158,7 +169,8 @@ struct pg_diagnostics {
   double token_reverse_kl = 0.0;     // mean over valid positions of the exact KL(q_t || p_t) over the vocabulary
   double sequence_reward = 0.0;      // mean over sequences of sum_t d_t (raw): -(sequence-level reverse KL) when y ~ q
   double iw_mean = 0.0, iw_min = 0.0, iw_max = 0.0;  // importance weights used (after iw_clip) over valid positions
-  double iw_clip_fraction = 0.0;     // fraction of valid positions whose importance weight was clipped
+  double iw_clip_fraction = 0.0;     // fraction of valid positions whose importance weight was clipped (iw_clip or the
+                                     // log-space cap pg_max_importance_weight)
   double ratio_mean = 0.0;           // mean PPO ratio rho_t
   double clip_fraction = 0.0;        // fraction of valid positions whose PPO term was clipped (zero gradient)
   double advantage_mean = 0.0, advantage_std = 0.0;  // of the final advantages (after whitening)
