@@ -94,5 +94,50 @@ mknpy "$TMP/tok_ok.npy" "<i8" "[2, 3]" "[0, 1, 0, 1, 0, 0]"
 expect_err 1 "student" "fully masked row marked valid" "$KD" pg --student "$TMP/s_masked.npy" \
   --teacher "$DATA/pg_teacher.npy" --tokens "$TMP/tok_ok.npy" --mask "$TMP/mask_all.npy"
 
+# Every field of kd::pg_options has a flag (issue "Correctness round" 3.4): a new field without one fails here.
+HDR="$DATA/../../include/kd/pg_options.hpp"
+fields=$(sed -n '/^struct pg_options {/,/^  static/p' "$HDR" | sed -n 's/^  [A-Za-z0-9:_]* \([a-z_]*\) = .*/\1/p')
+[ "$(echo "$fields" | wc -l)" = 16 ] && ok || bad "could not read the fields of pg_options: $fields"
+help=$("$KD" pg --help)
+for f in $fields; do
+  case "$f" in
+    iw_form) flag=--iw ;; clip_range) flag=--clip ;; *) flag="--$(echo "$f" | tr _ -)" ;;
+  esac
+  echo "$help" | grep -q -- "^  $flag " && ok || bad "pg_options::$f has no flag $flag in kd pg --help"
+  "$KD" pg $IN $flag 2>&1 | grep -q "unknown option" && bad "kd pg does not accept $flag" || ok
+done
+# TRL's default MiniLLM advantage A_t = r_t (gamma 0, current reward included): advantages == rewards, padding 0.
+out=$("$KD" pg $IN --gamma 0 --current-reward include --length-norm discounted)
+rw=$(echo "$out" | sed -n 's/.*"rewards": \(\[\[[^]]*\], \[[^]]*\]\]\).*/\1/p')
+ad=$(echo "$out" | sed -n 's/.*"advantages": \(\[\[[^]]*\], \[[^]]*\]\]\).*/\1/p')
+[ -n "$rw" ] && [ "$rw" = "$ad" ] && ok || bad "TRL default: advantages $ad != rewards $rw"
+out=$("$KD" pg $IN --gamma 0 --current-reward include --length-norm none)
+[ "$(echo "$out" | sed -n 's/.*"advantages": \(\[\[[^]]*\], \[[^]]*\]\]\).*/\1/p')" = "$rw" ] && ok || bad "gamma 0 none: $out"
+# The three length normalizations at gamma = 0.5 on sequence 0 (rewards [a, b, a], all valid), position 0, by hand:
+#   paper      A = R_{t+1} / 2            = (b + 0.5 a) / 2
+#   reference  A = (a + 0.5 (b + 0.5 a)) / 3         (LMOps: / n_t)
+#   discounted A = (a + 0.5 (b + 0.5 a)) / 1.75      (TRL: / (1 + 0.5 + 0.25))
+for v in "paper:(b + 0.5 * a) / 2" "reference:(a + 0.5 * (b + 0.5 * a)) / 3" "discounted:(a + 0.5 * (b + 0.5 * a)) / 1.75"; do
+  name=${v%%:*}; expr=${v#*:}
+  out=$("$KD" pg $IN --gamma 0.5 --length-norm "$name")
+  want=$(awk -v a=$A -v b=$B "BEGIN { printf \"%.17g\", $expr }")
+  near "$(echo "$out" | first advantages)" "$want" 1e-6 && ok || bad "--length-norm $name: want $want: $out"
+done
+# presets, the normalizer reduction, the LM term
+out=$("$KD" pg $IN --preset reference-code)
+echo "$out" | grep -q '"length_norm": "reference"' && [ "$(echo "$out" | field gamma)" = 0.94999999999999996 ] && ok ||
+  bad "--preset reference-code: $out"
+[ "$(echo "$("$KD" pg $IN --preset reference-code --gamma 1)" | field gamma)" = 1 ] && ok || bad "flag overrides the preset"
+near "$(echo "$("$KD" pg $IN --normalizer 5)" | field loss)" "$(echo "$("$KD" pg $IN)" | field loss)" 1e-12 && ok ||
+  bad "--normalizer 5 (= valid tokens) differs from the token mean"
+mknpy "$TMP/lm.npy" "<i8" "[2, 3]" "[2, -100, 3, 0, -100, -100]"
+out=$("$KD" pg $IN --lm-weight 0.5 --lm-labels "$TMP/lm.npy")
+# q is uniform over V = 4 at every position: CE = ln 4 at the 3 labelled positions
+near "$(echo "$out" | field lm_loss)" 1.3862943611198906 1e-6 && [ "$(echo "$out" | field lm_tokens)" = 3 ] && ok ||
+  bad "LM term: $out"
+expect_err 2 "--lm-labels" "--lm-weight without labels" "$KD" pg $IN --lm-weight 1
+expect_err 2 "--normalizer" "--reduction normalizer without N" "$KD" pg $IN --reduction normalizer
+expect_err 2 "--current-reward" "bad --current-reward" "$KD" pg $IN --current-reward maybe
+
 echo "pg cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]

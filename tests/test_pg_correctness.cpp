@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -218,4 +219,65 @@ TEST_CASE("pg: the log-space cap keeps each reward weighted by its own capped pr
   CHECK(w[0] * adv[0] == Approx(w[1] * rew[1] + w[2] * rew[2]).epsilon(1e-12));
   CHECK(w[1] * adv[1] == Approx(w[2] * rew[2]).epsilon(1e-12));
   CHECK(adv[2] == 0.0);
+}
+
+namespace {
+std::vector<double> advantages(const std::vector<double>& r, const std::vector<bool>& valid, double gamma,
+                               kd::length_norm norm, kd::current_reward cur) {
+  kd::pg_options o;
+  o.gamma = gamma;
+  o.length_norm = norm;
+  o.current_reward = cur;
+  std::unique_ptr<bool[]> v(new bool[r.size()]);
+  for (std::size_t i = 0; i < r.size(); ++i) v[i] = valid[i];
+  std::vector<double> a(r.size(), -1.0);
+  kd::detail::pg::sequence_returns(r.data(), v.get(), nullptr, static_cast<std::int64_t>(r.size()), gamma, norm,
+                                   o.includes_current_reward(), false, a.data());
+  return a;
+}
+}  // namespace
+
+TEST_CASE("pg returns: paper Eq. 6, LMOps reference and TRL discounted length normalization, by hand", "[pg][returns]") {
+  // One padded sequence, L = 5: rewards [1, 2, X, 3, X] with mask [1, 1, 0, 1, 0] (a hole and right padding; X is never
+  // read). The valid rewards in relative order are r0 = 1, r1 = 2, r2 = 3 (positions 0, 1, 3). gamma = 0.5.
+  const double X = 1e30;
+  const std::vector<double> r = {1, 2, X, 3, X};
+  const std::vector<bool> m = {true, true, false, true, false};
+  using kd::current_reward;
+  using kd::length_norm;
+  // paper (Eq. 6, R_{t+1} = sum_{t'>t} gamma^(t'-t-1) r_t' divided by the number of summed rewards):
+  //   A0 = (r1 + 0.5 r2) / 2 = (2 + 1.5) / 2 = 1.75;  A1 = r2 / 1 = 3;  A(pos 3) = 0 (nothing after it).
+  auto a = advantages(r, m, 0.5, length_norm::paper, current_reward::by_variant);
+  CHECK(a == std::vector<double>{1.75, 3.0, 0.0, 0.0, 0.0});
+  // reference (LMOps: R_t = r_t + gamma R_{t+1}, / n_t = valid tokens from t on, inclusive):
+  //   R0 = 1 + 0.5 (2 + 0.5 * 3) = 2.75, n = 3 -> 0.91666...;  R1 = 2 + 0.5 * 3 = 3.5, n = 2 -> 1.75;  R(pos 3) = 3, n = 1.
+  a = advantages(r, m, 0.5, length_norm::reference, current_reward::by_variant);
+  CHECK(a[0] == Approx(2.75 / 3.0).epsilon(1e-15));
+  CHECK(a[1] == 1.75);
+  CHECK(a[3] == 3.0);
+  CHECK((a[2] == 0.0 && a[4] == 0.0));
+  // discounted (TRL: the same R_t divided by sum_{k=0}^{n_t-1} gamma^k over the remaining valid positions):
+  //   D0 = 1 + 0.5 + 0.25 = 1.75 -> 2.75 / 1.75 = 1.5714285714285714;  D1 = 1 + 0.5 = 1.5 -> 3.5 / 1.5 = 2.3333...;
+  //   D(pos 3) = 1 -> 3.
+  a = advantages(r, m, 0.5, length_norm::discounted, current_reward::by_variant);
+  CHECK(a[0] == Approx(2.75 / 1.75).epsilon(1e-15));
+  CHECK(a[1] == Approx(3.5 / 1.5).epsilon(1e-15));
+  CHECK(a[3] == 3.0);
+  CHECK((a[2] == 0.0 && a[4] == 0.0));
+  // discounted with the current reward excluded: R_{t+1} / sum_{k=0}^{n_after-1} gamma^k:
+  //   A0 = (2 + 0.5 * 3) / (1 + 0.5) = 2.3333...;  A1 = 3 / 1 = 3;  A(pos 3) = 0.
+  a = advantages(r, m, 0.5, length_norm::discounted, current_reward::exclude);
+  CHECK(a[0] == Approx(3.5 / 1.5).epsilon(1e-15));
+  CHECK(a[1] == 3.0);
+  CHECK(a[3] == 0.0);
+  // TRL's default (gamma = 0, A_t = r_t): discounted count 1 = 0^0, so A = the rewards; also with no normalization.
+  for (auto norm : {length_norm::discounted, length_norm::none}) {
+    a = advantages(r, m, 0.0, norm, current_reward::include);
+    CHECK(a == std::vector<double>{1.0, 2.0, 0.0, 3.0, 0.0});
+  }
+  // gamma = 1: the discounted count is n_t, so discounted == reference.
+  CHECK(advantages(r, m, 1.0, length_norm::discounted, current_reward::by_variant) ==
+        advantages(r, m, 1.0, length_norm::reference, current_reward::by_variant));
+  CHECK(kd::pg_options{}.length_norm == length_norm::paper);
+  CHECK(std::string(kd::length_norm_name(length_norm::discounted)) == "discounted");
 }

@@ -19,19 +19,25 @@ KD_BEGIN_NAMESPACE
 //               1 / (T - t - 1), which is 0 for the last-but-one token; kd reads it as the number of summed terms.
 //               A position with no future reward gets A_t = 0 (never 0/0).
 //   reference : A_t = the return / n_t, n_t = valid tokens from t to the end, inclusive (LMOps minillm losses.py).
-enum class length_norm { none, paper, reference };
+//   discounted: A_t = the return / (discounted count of the rewards it sums) = sum_k gamma^k r_(k) / sum_k gamma^k over
+//               the same valid positions (a discounted mean; TRL MiniLLMTrainer with length_normalization). With the
+//               current reward included (by_variant) the count is sum_{k=0}^{n_t - 1} gamma^k; gamma = 0 gives A_t = r_t
+//               (TRL's default), gamma = 1 the reference variant. A position with nothing to sum gets A_t = 0.
+enum class length_norm { none, paper, reference, discounted };
 
 inline const char* length_norm_name(length_norm n) noexcept {
   switch (n) {
     case length_norm::none: return "none";
     case length_norm::paper: return "paper";
     case length_norm::reference: return "reference";
+    case length_norm::discounted: return "discounted";
   }
   return "?";
 }
 
 // Whether the return at t includes the current reward r_t.
-//   by_variant: exclude for length_norm none / paper (R_{t+1}, the paper), include for length_norm reference (the code).
+//   by_variant: exclude for length_norm none / paper (R_{t+1}, the paper), include for length_norm reference (the LMOps
+//               code) and discounted (TRL).
 //   exclude   : R_{t+1}: the single-step term accounts for r_t exactly (the paper's single-step decomposition).
 //   include   : R_t = r_t + gamma R_{t+1} (the reference code; with single_step on, r_t is then counted twice).
 enum class current_reward { by_variant, exclude, include };
@@ -105,7 +111,7 @@ struct pg_options {
   bool includes_current_reward() const noexcept {
     if (current_reward == kd::current_reward::include) return true;
     if (current_reward == kd::current_reward::exclude) return false;
-    return length_norm == kd::length_norm::reference;
+    return length_norm == kd::length_norm::reference || length_norm == kd::length_norm::discounted;
   }
 };
 
@@ -212,12 +218,16 @@ inline status validate_pg_options(const pg_options& o) {
     }
   }
   switch (o.length_norm) {
-    case length_norm::none: case length_norm::paper: case length_norm::reference: break;
+    case length_norm::none: case length_norm::paper: case length_norm::reference: case length_norm::discounted: break;
     default: return make_error(errc::invalid_argument, "length_norm", "unknown variant");
   }
   switch (o.iw_form) {
     case importance_weight_form::exact_product: case importance_weight_form::per_token: break;
     default: return make_error(errc::invalid_argument, "iw_form", "unknown variant");
+  }
+  switch (o.current_reward) {
+    case kd::current_reward::by_variant: case kd::current_reward::exclude: case kd::current_reward::include: break;
+    default: return make_error(errc::invalid_argument, "current_reward", "unknown variant");
   }
   return ok_status();
 }

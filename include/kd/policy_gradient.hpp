@@ -13,7 +13,8 @@
 //                   positions only (discount counts valid tokens after t: relative positions, padding never enters);
 //                   computed by a backward recursion, never as gamma^t (no underflow, no 0/0).
 //   length_norm     none: A_t = the return; paper (Eq. 6): the mean of the summed rewards (return / number of them);
-//                   reference: return / n_t, n_t = valid tokens from t to the end inclusive (LMOps losses.py).
+//                   reference: return / n_t, n_t = valid tokens from t to the end inclusive (LMOps losses.py);
+//                   discounted: return / sum_k gamma^k over the summed valid positions (TRL MiniLLMTrainer).
 //   teacher-mixed   sampling from s_t = alpha p_t + (1 - alpha) q_old,t (Sec. 2.2, alpha = 0.2 in the paper); importance
 //                   weight per token w_t = q_old(y_t) / s_t(y_t).
 //                   exact_product: W_t = prod_{t'<=t} w_t' multiplies the long-term term, and the advantage carries the future

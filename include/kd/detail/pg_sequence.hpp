@@ -38,11 +38,13 @@ struct row_state {
 //   rew[t]   rewards (0 where invalid), valid[t] validity, lr[t] per-token log importance ratio log(q_old/s) (may be null:
 //            all 0, or ignored unless exact), n = L. Writes adv[t] (0 where invalid).
 // exact: G_t = exp(lr_t) (r_t + gamma G_{t+1}) carries the future tokens' ratios (unbiased with W_t outside); per-token:
-// G_t = r_t + gamma G_{t+1}. A_t = G_{t+1} (exclude current) or r_t + gamma G_{t+1} (include), then length-normalized.
+// G_t = r_t + gamma G_{t+1}. A_t = G_{t+1} (exclude current) or r_t + gamma G_{t+1} (include), then length-normalized:
+// paper / reference divide by a count of valid positions, discounted by the same count with each position weighted gamma^k.
 inline void sequence_returns(const double* rew, const bool* valid, const double* lr, std::int64_t n, double gamma,
                              length_norm norm, bool include_current, bool exact, double* adv) noexcept {
   double g = 0.0;
   std::int64_t n_after = 0;
+  double dc_after = 0.0;  // discounted count of the valid positions after t: sum_{k=0}^{n_after-1} gamma^k (0 if none)
   for (std::int64_t t = n - 1; t >= 0; --t) {
     if (!valid[t]) {
       adv[t] = 0.0;
@@ -51,11 +53,14 @@ inline void sequence_returns(const double* rew, const bool* valid, const double*
     const double a_excl = g;
     const double a_incl = rew[t] + (gamma == 0.0 ? 0.0 : gamma * g);
     const std::int64_t n_from = n_after + 1;
+    const double dc_from = 1.0 + (gamma == 0.0 ? 0.0 : gamma * dc_after);
     double a = include_current ? a_incl : a_excl;
     double div = 1.0;
     if (norm == length_norm::paper) div = static_cast<double>(include_current ? n_from : n_after);
     else if (norm == length_norm::reference) div = static_cast<double>(n_from);
+    else if (norm == length_norm::discounted) div = include_current ? dc_from : dc_after;
     adv[t] = div > 0.0 ? a / div : 0.0;  // div == 0 only when nothing follows: a == 0 then
+    dc_after = dc_from;
     const double v = (exact && lr) ? std::exp(lr[t]) : 1.0;
     g = v * a_incl;
     n_after = n_from;
