@@ -95,6 +95,8 @@ expect_err 2 "--temperature" "inf is not a decimal number" "$KD" loss --loss fkl
 expect_err 2 "--temperature" "nan is not a decimal number" "$KD" loss --loss fkl --temperature nan $CA
 expect_err 2 "--temperature" "leading blank" "$KD" loss --loss fkl --temperature " 2" $CA
 expect_err 2 "--temperature" "out of double range" "$KD" loss --loss fkl --temperature 1e999 $CA
+expect_err 2 "--beta:" "range errors name the flag" "$KD" loss --loss jsd --beta 1.5 $CA
+expect_err 2 "--temperature:" "range errors name the flag" "$KD" loss --loss fkl --temperature -1 $CA
 expect_err 2 "--seed" "leading blank in an integer" "$KD" gradcheck --seed " 3"
 expect_err 2 "--rows" "gradcheck --rows without limit (was bad_alloc)" "$KD" gradcheck --rows 100000000000
 expect_err 2 "--vocab" "gradcheck --vocab without limit (was bad_alloc)" "$KD" gradcheck --vocab 100000000000

@@ -138,6 +138,10 @@ near "$(echo "$out" | field lm_loss)" 1.3862943611198906 1e-6 && [ "$(echo "$out
 expect_err 2 "--lm-labels" "--lm-weight without labels" "$KD" pg $IN --lm-weight 1
 expect_err 2 "--normalizer" "--reduction normalizer without N" "$KD" pg $IN --reduction normalizer
 expect_err 2 "--current-reward" "bad --current-reward" "$KD" pg $IN --current-reward maybe
+expect_err 2 "--clip:" "range errors name the flag, not the C++ field" "$KD" pg $IN --clip 1.5
+expect_err 2 "--reward-scale:" "range errors name the flag" "$KD" pg $IN --reward-scale 0
+expect_err 2 "--tokens:" "a token outside [0, V) names --tokens" "$KD" pg --student "$DATA/pg_student.npy" \
+  --teacher "$DATA/pg_teacher.npy" --tokens "$DATA/pg_tokens_bad.npy" --mask "$DATA/pg_mask.npy"
 
 echo "pg cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]

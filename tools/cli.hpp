@@ -26,6 +26,8 @@ struct usage_error : std::runtime_error {
 class args {
  public:
   args(int argc, char** argv, const std::set<std::string>& valued, const std::set<std::string>& flags) {
+    known_ = valued;
+    known_.insert(flags.begin(), flags.end());
     for (int i = 1; i < argc; ++i) {
       std::string a = argv[i];
       if (a == "--help" || a == "-h") { help_ = true; continue; }
@@ -50,6 +52,16 @@ class args {
     }
   }
   bool help() const { return help_; }
+  // "--flag: message" when a library error's argument name (e.g. "clip_range") is one of this command's options, after
+  // renames (argument -> option name) and '_' -> '-'; the message alone otherwise.
+  std::string name_flag(const char* argument, const std::string& message,
+                        const std::map<std::string, std::string>& renames = {}) const {
+    std::string k = argument ? argument : "";
+    if (auto it = renames.find(k); it != renames.end()) k = it->second;
+    for (char& c : k)
+      if (c == '_') c = '-';
+    return known_.count(k) ? "--" + k + ": " + message : message;
+  }
   bool has(const std::string& k) const { return values_.count(k) != 0; }
   std::string str(const std::string& k, const std::string& def = "") const {
     auto it = values_.find(k);
@@ -123,6 +135,7 @@ class args {
   }
 
   std::map<std::string, std::string> values_;
+  std::set<std::string> known_;
   bool help_ = false;
 };
 

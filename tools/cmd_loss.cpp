@@ -70,6 +70,7 @@ struct run_args {
   bool reference = false;
   std::string grad_path;
   std::vector<std::int64_t> grad_shape;
+  const args* cli = nullptr;  // to name the flag of an argument error
 };
 
 // Per-row values in double: kd::distill_outputs::per_row is float*, so for float64 inputs each row's value w_r l_r (x T^2)
@@ -113,7 +114,7 @@ int run_typed(const loaded& ls, const loaded& lt, const run_args& ra) {
   kd::loss_result res;
   kd::status st = ra.reference ? kd::divergence_loss(ra.d, si, ti, ra.opt, res, out, kd::reference_backend{})
                                : kd::divergence_loss(ra.d, si, ti, ra.opt, res, out);
-  if (st.code == kd::errc::invalid_argument) throw usage_error(st.to_string());
+  if (st.code == kd::errc::invalid_argument) throw usage_error(ra.cli->name_flag(st.argument, st.to_string()));
   if (!st.ok()) {
     std::fprintf(stderr, "kd loss: %s\n", st.to_string().c_str());
     return 1;
@@ -162,6 +163,7 @@ int loss_main(int argc, char** argv) {
   }
   const std::string name = a.choice("loss", {"fkl", "rkl", "jsd", "skl", "srkl", "tvd"}, a.required("loss"));
   run_args ra;
+  ra.cli = &a;
   if (name == "fkl") ra.d = kd::divergence::forward_kl();
   else if (name == "rkl") ra.d = kd::divergence::reverse_kl();
   else if (name == "jsd") ra.d = kd::divergence::jsd(a.num("beta", 0.5));

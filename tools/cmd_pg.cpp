@@ -74,7 +74,7 @@ struct inputs {
 };
 
 template <class Z>
-int run_typed(const inputs& in, const kd::pg_options& o, bool reference, const std::string& grad_path) {
+int run_typed(const inputs& in, const kd::pg_options& o, bool reference, const std::string& grad_path, const args& a) {
   const std::int64_t R = in.B * in.L;
   std::vector<Z> s, t;
   if constexpr (std::is_same_v<Z, double>) {
@@ -104,7 +104,9 @@ int run_typed(const inputs& in, const kd::pg_options& o, bool reference, const s
   const auto ti = kd::teacher_logits(t.data(), R, in.V);
   kd::status st = reference ? kd::policy_gradient(si, ti, seq, o, out, d, kd::reference_backend{})
                             : kd::policy_gradient(si, ti, seq, o, out, d);
-  if (st.code == kd::errc::invalid_argument) throw usage_error(st.to_string());
+  if (st.code == kd::errc::invalid_argument)
+    throw usage_error(a.name_flag(st.argument, st.to_string(),
+                                  {{"old_log_probs", "old-logprobs"}, {"clip_range", "clip"}, {"iw_form", "iw"}}));
   if (!st.ok()) {
     std::fprintf(stderr, "kd pg: %s\n", st.to_string().c_str());
     return 1;
@@ -228,7 +230,8 @@ int pg_main(int argc, char** argv) {
   if (o.lm_weight != 0.0 && !a.has("lm-labels")) throw usage_error("--lm-weight needs --lm-labels L.npy");
   if (a.has("ignore-index") && !a.has("lm-labels")) throw usage_error("--ignore-index needs --lm-labels");
   const bool reference = a.choice("backend", {"default", "reference"}, "default") == "reference";
-  if (kd::status st = kd::validate_pg_options(o); !st) throw usage_error(st.to_string());
+  if (kd::status st = kd::validate_pg_options(o); !st)
+    throw usage_error(a.name_flag(st.argument, st.to_string(), {{"clip_range", "clip"}, {"iw_form", "iw"}}));
 
   inputs in;
   in.s = load(a.required("student"), "student");
@@ -275,7 +278,8 @@ int pg_main(int argc, char** argv) {
     in.lm_labels = lm.to_int64();
   }
   const bool f64 = in.s.dtype == npy_dtype::f64 || in.t.dtype == npy_dtype::f64;
-  return f64 ? run_typed<double>(in, o, reference, a.str("grad")) : run_typed<float>(in, o, reference, a.str("grad"));
+  return f64 ? run_typed<double>(in, o, reference, a.str("grad"), a)
+             : run_typed<float>(in, o, reference, a.str("grad"), a);
 }
 
 }  // namespace

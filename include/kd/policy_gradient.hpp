@@ -23,7 +23,9 @@
 //                   is weighted by W_{t-1} (it is an exact expectation over y_t, so it needs only its prefix's weight).
 //                   per_token (the paper's approximation, and the reference code): weight w_t on the long-term term, plain
 //                   returns, single-step term unweighted (the paper's w_t there has conditional mean 1 given the prefix).
-//                   iw_clip > 0 clips the weight multiplying each position's terms at iw_clip.
+//                   iw_clip > 0 clips the weight multiplying each position's terms at iw_clip. Every weight is formed
+//                   in log space and clamped to [1e-10, 1e10] (kd::pg_max_importance_weight, pg_options.hpp), the PPO
+//                   ratio capped at 1e10, so weights beyond the float range never give inf / NaN.
 //   PPO             rho_t = exp(log q(y_t) - log q_old(y_t)) * weight_t; surrogate max(-A rho, -A clip(rho, 1-eps, 1+eps));
 //                   its gradient is -A rho (onehot - q)/T where the unclipped branch is active and 0 where clipped.
 //   whitening       A <- (A - mean) / sqrt(var + 1e-8) over the valid positions of the batch (unbiased var, as torch.var).
