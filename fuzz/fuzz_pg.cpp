@@ -72,7 +72,7 @@ void run_case(reader& in) {
   if (in.flag()) o.whiten = !o.whiten;
   if (in.flag()) o.single_step = !o.single_step;
   if (in.flag()) o.iw_form = in.flag() ? kd::importance_weight_form::exact_product : kd::importance_weight_form::per_token;
-  if (in.flag()) o.length_norm = static_cast<kd::length_norm>(in.range(0, 2));
+  if (in.flag()) o.length_norm = static_cast<kd::length_norm>(in.range(0, 3));  // none, paper, reference, discounted
   const bool use_lm = in.flag();
   if (use_lm) o.lm_weight = in.flag() ? 1.0 : 0.5;
   if (in.flag()) {

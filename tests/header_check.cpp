@@ -11,6 +11,7 @@
 #include <kd/lm_loss.hpp>
 #include <kd/teacher_mixed.hpp>
 #include <kd/counter_rng.hpp>
+#include <kd/padding.hpp>
 #include <kd/kd.hpp>
 
 #include <vector>
@@ -25,6 +26,7 @@ int instantiate() {
   kd::loss_result r;
   kd::distill_options o;
   int bad = 0;
+  bad += !kd::zero_padding_columns(out.grad_student, 4).ok();
   bad += !kd::forward_kl(kd::student_logits(s.data(), 2, 4), kd::teacher_logits(t.data(), 2, 4), o, r, out).ok();
   bad += !kd::reverse_kl(kd::student_logits(s.data(), 2, 4), kd::teacher_logits(t.data(), 2, 4), o, r, out,
                          kd::reference_backend{})

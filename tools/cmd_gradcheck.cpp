@@ -28,15 +28,17 @@ int gradcheck_main(int argc, char** argv) {
   if (a.help()) {
     std::puts(
         "usage: kd gradcheck [--seed S] [--rows N] [--vocab V]\n"
+        "  --seed in [0, 2^32 - 1] (default 1), --rows in [1, 256] (default 6), --vocab in [2, 4096] (default 37).\n"
         "Checks every loss's analytic gradient (student and teacher side) against central finite differences in double\n"
         "precision, and the fused kernels (kd::default_backend) on float32/bfloat16/float16 inputs against the double\n"
         "reference. Inputs include large-magnitude logits, -inf masked logits, a fully masked row, an ignored row and row\n"
         "weights. Exit code 1 when any check fails.");
     return 0;
   }
-  const auto seed = static_cast<std::uint32_t>(a.integer("seed", 1));
-  const std::int64_t rows = a.integer("rows", 6), cols = a.integer("vocab", 37);
-  if (rows < 1 || cols < 2) throw usage_error("--rows must be >= 1 and --vocab >= 2");
+  // Upper limits: the finite-difference check costs O((rows * vocab)^2) loss evaluations, so larger problems would run for
+  // hours (and sizes near 2^63 ended in std::bad_alloc).
+  const auto seed = static_cast<std::uint32_t>(a.integer_in("seed", 1, 0, 4294967295LL));
+  const std::int64_t rows = a.integer_in("rows", 6, 1, 256), cols = a.integer_in("vocab", 37, 2, 4096);
   // Tolerances: finite differences in double with h = 1e-5 are accurate to ~1e-9 of the largest entry; float32 kernels to
   // ~1e-6; 16-bit inputs are compared with the reference on the same rounded inputs, so the same bound applies.
   const double tol_fd = 1e-6, tol_loss = 2e-5, tol_grad = 2e-5;

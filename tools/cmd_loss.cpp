@@ -4,8 +4,10 @@
 #include <cctype>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cli.hpp"
@@ -46,9 +48,11 @@ std::string loss_help() {
          "or [B, T].\n"
          "p = softmax(teacher / T), q = softmax(student / T); divergences (kd/divergences/registry.hpp):\n" + defs +
          "Prints JSON: loss (nats), per_row, valid_rows, denominator.\n"
-         "--grad writes dloss/d(student input) as float32 .npy of the student's shape. Exit codes: 0 ok, 1 value error in "
-         "the\n"
-         "data (NaN/inf inputs, infinite divergence), 2 bad arguments or files.\n";
+         "--grad writes dloss/d(student input) as .npy of the student's shape: float64 for a float64 student, else float32.\n"
+         "per_row (and loss) are printed with 17 significant digits, as float64 values when either input is float64. For\n"
+         "full float64 precision use --backend reference (the default SIMD backend computes in float32).\n"
+         "Exit codes: 0 ok, 1 value error in the data (NaN/inf inputs, infinite divergence), 2 bad arguments or files (one\n"
+         "line naming the flag; also a repeated flag, a non-decimal number or an out-of-range --ignore-index).\n";
 }
 
 struct loaded {
@@ -92,26 +96,61 @@ struct run_args {
   bool reference = false;
   std::string grad_path;
   std::vector<std::int64_t> grad_shape;
+  const args* cli = nullptr;  // to name the flag of an argument error
 };
+
+// Per-row values in double: kd::distill_outputs::per_row is float*, so for float64 inputs each row's value w_r l_r (x T^2)
+// is the sum-reduced loss (a double) of a one-row call with that row's label. The main call has already checked every
+// argument and value, so these calls cannot fail.
+template <class S, class P>
+std::vector<double> per_row_f64(const kd::student_input<S>& si, const kd::teacher_input<P>& ti, const run_args& ra) {
+  std::vector<double> v(static_cast<std::size_t>(si.x.rows), 0.0);
+  for (std::int64_t r = 0; r < si.x.rows; ++r) {
+    kd::distill_options o = ra.opt;
+    o.reduction = kd::reduction::sum;
+    if (!o.labels.empty())
+      o.labels = o.labels.i64 ? kd::label_view(o.labels.i64 + r, 1) : kd::label_view(o.labels.i32 + r, 1);
+    if (o.row_weights) o.row_weights += r;
+    const kd::student_input<S> s1{kd::const_rows<S>(si.x.row(r), 1, si.x.cols), si.kind};
+    const kd::teacher_input<P> t1{kd::const_rows<P>(ti.x.row(r), 1, ti.x.cols), ti.kind};
+    kd::loss_result res;
+    const kd::status st = ra.reference
+                              ? kd::divergence_loss(ra.d, s1, t1, o, res, kd::distill_outputs<double>{}, kd::reference_backend{})
+                              : kd::divergence_loss(ra.d, s1, t1, o, res, kd::distill_outputs<double>{});
+    v[static_cast<std::size_t>(r)] = st.ok() ? res.loss : std::numeric_limits<double>::quiet_NaN();
+  }
+  return v;
+}
 
 template <class S, class P>
 int run_typed(const loaded& ls, const loaded& lt, const run_args& ra) {
+  // Output precision follows the inputs: a float64 student gives a float64 gradient, a float64 side float64 per-row values;
+  // otherwise float32 as before.
+  using G = std::conditional_t<std::is_same_v<S, double>, double, float>;
+  constexpr bool f64_rows = std::is_same_v<S, double> || std::is_same_v<P, double>;
   std::vector<S> s = typed<S>(ls.a);
   std::vector<P> t = typed<P>(lt.a);
   std::vector<float> per_row(static_cast<std::size_t>(ls.rows));
-  std::vector<float> grad(ra.grad_path.empty() ? 0 : s.size());
+  std::vector<G> grad(ra.grad_path.empty() ? 0 : s.size());
   kd::student_input<S> si{kd::const_rows<S>(s.data(), ls.rows, ls.cols), ra.skind};
   kd::teacher_input<P> ti{kd::const_rows<P>(t.data(), lt.rows, lt.cols), ra.tkind};
-  kd::distill_outputs<float> out;
+  kd::distill_outputs<G> out;
   out.per_row = per_row.data();
-  if (!grad.empty()) out.grad_student = kd::mut_rows<float>(grad.data(), ls.rows, ls.cols);
+  if (!grad.empty()) out.grad_student = kd::mut_rows<G>(grad.data(), ls.rows, ls.cols);
   kd::loss_result res;
   kd::status st = ra.reference ? kd::divergence_loss(ra.d, si, ti, ra.opt, res, out, kd::reference_backend{})
                                : kd::divergence_loss(ra.d, si, ti, ra.opt, res, out);
-  if (st.code == kd::errc::invalid_argument) throw usage_error(st.to_string());
+  if (st.code == kd::errc::invalid_argument) throw usage_error(ra.cli->name_flag(st.argument, st.to_string()));
   if (!st.ok()) {
     std::fprintf(stderr, "kd loss: %s\n", st.to_string().c_str());
     return 1;
+  }
+  std::string per_row_json;
+  if constexpr (f64_rows) {
+    const std::vector<double> v = per_row_f64(si, ti, ra);
+    per_row_json = json_array(v.data(), v.size());
+  } else {
+    per_row_json = json_array(per_row.data(), per_row.size());
   }
   if (!grad.empty()) {
     try {
@@ -126,7 +165,7 @@ int run_typed(const loaded& ls, const loaded& lt, const run_args& ra) {
               json_number(res.loss).c_str(), static_cast<long long>(res.valid_rows),
               json_number(res.denominator).c_str(), static_cast<long long>(ls.rows), static_cast<long long>(ls.cols),
               json_number(ra.opt.temperature).c_str(), json_string(kd::reduction_name(ra.opt.reduction)).c_str(),
-              json_array(per_row.data(), per_row.size()).c_str());
+              per_row_json.c_str());
   return 0;
 }
 
@@ -165,6 +204,7 @@ int loss_main(int argc, char** argv) {
       if (a.has(flag) && !mine) throw usage_error("--" + flag + " is not a parameter of --loss " + name);
     }
   run_args ra;
+  ra.cli = &a;
   ra.d = kd::divergence::of(info.kind, p[0], p[1]);
   ra.skind = a.choice("student-kind", {"logits", "log_probs"}, "logits") == "logits" ? kd::input_kind::logits
                                                                                       : kd::input_kind::log_probs;

@@ -7,6 +7,7 @@
 #include "forward_kl.hpp"
 #include "jsd.hpp"
 #include "lm_loss.hpp"
+#include "padding.hpp"
 #include "policy_gradient.hpp"
 #include "reverse_kl.hpp"
 #include "skew_kl.hpp"

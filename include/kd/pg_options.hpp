@@ -19,19 +19,25 @@ KD_BEGIN_NAMESPACE
 //               1 / (T - t - 1), which is 0 for the last-but-one token; kd reads it as the number of summed terms.
 //               A position with no future reward gets A_t = 0 (never 0/0).
 //   reference : A_t = the return / n_t, n_t = valid tokens from t to the end, inclusive (LMOps minillm losses.py).
-enum class length_norm { none, paper, reference };
+//   discounted: A_t = the return / (discounted count of the rewards it sums) = sum_k gamma^k r_(k) / sum_k gamma^k over
+//               the same valid positions (a discounted mean; TRL MiniLLMTrainer with length_normalization). With the
+//               current reward included (by_variant) the count is sum_{k=0}^{n_t - 1} gamma^k; gamma = 0 gives A_t = r_t
+//               (TRL's default), gamma = 1 the reference variant. A position with nothing to sum gets A_t = 0.
+enum class length_norm { none, paper, reference, discounted };
 
 inline const char* length_norm_name(length_norm n) noexcept {
   switch (n) {
     case length_norm::none: return "none";
     case length_norm::paper: return "paper";
     case length_norm::reference: return "reference";
+    case length_norm::discounted: return "discounted";
   }
   return "?";
 }
 
 // Whether the return at t includes the current reward r_t.
-//   by_variant: exclude for length_norm none / paper (R_{t+1}, the paper), include for length_norm reference (the code).
+//   by_variant: exclude for length_norm none / paper (R_{t+1}, the paper), include for length_norm reference (the LMOps
+//               code) and discounted (TRL).
 //   exclude   : R_{t+1}: the single-step term accounts for r_t exactly (the paper's single-step decomposition).
 //   include   : R_t = r_t + gamma R_{t+1} (the reference code; with single_step on, r_t is then counted twice).
 enum class current_reward { by_variant, exclude, include };
@@ -40,6 +46,16 @@ enum class current_reward { by_variant, exclude, include };
 //   exact_product: W_t = prod_{t'<=t} q_old(y_t') / s(y_t'), with the future tokens' ratios inside the advantage: unbiased.
 //   per_token    : w_t = q_old(y_t) / s(y_t) (the paper's approximation; what the reference code uses).
 enum class importance_weight_form { exact_product, per_token };
+
+// Every importance weight (the per-token w_t, the exact prefix product W_t, the single-step weight W_{t-1}) is formed from
+// its logarithm in double and clamped to [1 / pg_max_importance_weight, pg_max_importance_weight] before it is
+// exponentiated; the PPO ratio rho_t = exp(log q - log q_old) * weight is capped at the same value (where capped, its
+// gradient is 0, as for any clip). A weight of 1e10 already means one sample outweighs ten billion others, so the cap only
+// changes degenerate estimates (alpha at or next to 1 with |logit| / T > ~12, or exact products over long sequences) and
+// keeps every weight, and with it every gradient coefficient, inside float32's range instead of inf / NaN. Counted in
+// pg_diagnostics::iw_clip_fraction. In the exact form the ratios carried inside the advantage are those of the capped
+// prefix products, so each reward stays weighted by its own (capped) prefix weight. docs/policy_gradient.md.
+inline constexpr double pg_max_importance_weight = 1e10;
 
 struct pg_options {
   double temperature = 1.0;                 // T > 0: q = softmax(z_student / T), p = softmax(z_teacher / T)
@@ -52,7 +68,8 @@ struct pg_options {
   double reward_clip = 0.0;                 // > 0: clip scaled rewards to [-reward_clip, reward_clip]; 0: off
   double alpha = 0.0;                       // teacher-mix coefficient in [0, 1]: tokens were sampled from alpha p + (1-alpha) q
   importance_weight_form iw_form = importance_weight_form::per_token;
-  double iw_clip = 0.0;                     // > 0: clip importance weights at this value; 0: off
+  double iw_clip = 0.0;                     // > 0: clip importance weights at this value; 0: off (the hard cap
+                                            // pg_max_importance_weight applies either way)
   double clip_range = 0.0;                  // PPO epsilon in [0, 1); 0: off (no clipping)
   double lm_weight = 0.0;                   // weight of the LM (cross-entropy) term on pg_sequences::lm_labels; 0: off
   std::int64_t ignore_index = -100;         // lm_labels equal to this are not counted
@@ -94,11 +111,13 @@ struct pg_options {
   bool includes_current_reward() const noexcept {
     if (current_reward == kd::current_reward::include) return true;
     if (current_reward == kd::current_reward::exclude) return false;
-    return length_norm == kd::length_norm::reference;
+    return length_norm == kd::length_norm::reference || length_norm == kd::length_norm::discounted;
   }
 };
 
-// Per-position validity: 1-byte (bool / uint8), int32, int64 or float32 masks; nonzero = valid. An empty view = all valid.
+// Per-position validity: 1-byte (bool / uint8), int32, int64 or float32 masks; nonzero = valid, 0 = padding. A NaN in a
+// float mask is neither, and is an argument error (errc::invalid_argument, argument "mask"). An empty view: every position
+// is valid except those whose student logits row is fully masked (all -inf), which are padding (docs/conventions.md).
 struct mask_view {
   const std::uint8_t* u8 = nullptr;
   const std::int32_t* i32 = nullptr;
@@ -127,7 +146,7 @@ struct pg_sequences {
   std::int64_t batch = 0;              // B
   std::int64_t time = 0;               // L
   label_view tokens = {};              // [B*L] sampled tokens y (int32 / int64), read only at valid positions
-  mask_view mask = {};                 // [B*L] validity; empty = every position valid
+  mask_view mask = {};                 // [B*L] validity; empty = every position whose student row is not all -inf
   const float* old_log_probs = nullptr;  // optional [B*L] rollout-time student log q_old(y_t) (nats, at temperature T);
                                          // absent: q_old = q (on-policy, first PPO epoch)
   label_view lm_labels = {};           // optional [B*L] labels of the LM term (ignore_index = not counted)
@@ -156,7 +175,8 @@ struct pg_diagnostics {
   double token_reverse_kl = 0.0;     // mean over valid positions of the exact KL(q_t || p_t) over the vocabulary
   double sequence_reward = 0.0;      // mean over sequences of sum_t d_t (raw): -(sequence-level reverse KL) when y ~ q
   double iw_mean = 0.0, iw_min = 0.0, iw_max = 0.0;  // importance weights used (after iw_clip) over valid positions
-  double iw_clip_fraction = 0.0;     // fraction of valid positions whose importance weight was clipped
+  double iw_clip_fraction = 0.0;     // fraction of valid positions whose importance weight was clipped (iw_clip or the
+                                     // log-space cap pg_max_importance_weight)
   double ratio_mean = 0.0;           // mean PPO ratio rho_t
   double clip_fraction = 0.0;        // fraction of valid positions whose PPO term was clipped (zero gradient)
   double advantage_mean = 0.0, advantage_std = 0.0;  // of the final advantages (after whitening)
@@ -198,12 +218,16 @@ inline status validate_pg_options(const pg_options& o) {
     }
   }
   switch (o.length_norm) {
-    case length_norm::none: case length_norm::paper: case length_norm::reference: break;
+    case length_norm::none: case length_norm::paper: case length_norm::reference: case length_norm::discounted: break;
     default: return make_error(errc::invalid_argument, "length_norm", "unknown variant");
   }
   switch (o.iw_form) {
     case importance_weight_form::exact_product: case importance_weight_form::per_token: break;
     default: return make_error(errc::invalid_argument, "iw_form", "unknown variant");
+  }
+  switch (o.current_reward) {
+    case kd::current_reward::by_variant: case kd::current_reward::exclude: case kd::current_reward::include: break;
+    default: return make_error(errc::invalid_argument, "current_reward", "unknown variant");
   }
   return ok_status();
 }

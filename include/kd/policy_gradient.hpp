@@ -13,7 +13,8 @@
 //                   positions only (discount counts valid tokens after t: relative positions, padding never enters);
 //                   computed by a backward recursion, never as gamma^t (no underflow, no 0/0).
 //   length_norm     none: A_t = the return; paper (Eq. 6): the mean of the summed rewards (return / number of them);
-//                   reference: return / n_t, n_t = valid tokens from t to the end inclusive (LMOps losses.py).
+//                   reference: return / n_t, n_t = valid tokens from t to the end inclusive (LMOps losses.py);
+//                   discounted: return / sum_k gamma^k over the summed valid positions (TRL MiniLLMTrainer).
 //   teacher-mixed   sampling from s_t = alpha p_t + (1 - alpha) q_old,t (Sec. 2.2, alpha = 0.2 in the paper); importance
 //                   weight per token w_t = q_old(y_t) / s_t(y_t).
 //                   exact_product: W_t = prod_{t'<=t} w_t' multiplies the long-term term, and the advantage carries the future
@@ -22,7 +23,9 @@
 //                   is weighted by W_{t-1} (it is an exact expectation over y_t, so it needs only its prefix's weight).
 //                   per_token (the paper's approximation, and the reference code): weight w_t on the long-term term, plain
 //                   returns, single-step term unweighted (the paper's w_t there has conditional mean 1 given the prefix).
-//                   iw_clip > 0 clips the weight multiplying each position's terms at iw_clip.
+//                   iw_clip > 0 clips the weight multiplying each position's terms at iw_clip. Every weight is formed
+//                   in log space and clamped to [1e-10, 1e10] (kd::pg_max_importance_weight, pg_options.hpp), the PPO
+//                   ratio capped at 1e10, so weights beyond the float range never give inf / NaN.
 //   PPO             rho_t = exp(log q(y_t) - log q_old(y_t)) * weight_t; surrogate max(-A rho, -A clip(rho, 1-eps, 1+eps));
 //                   its gradient is -A rho (onehot - q)/T where the unclipped branch is active and 0 where clipped.
 //   whitening       A <- (A - mean) / sqrt(var + 1e-8) over the valid positions of the batch (unbiased var, as torch.var).
@@ -53,6 +56,11 @@
 // smallest offending row. EVERY error is returned before any output is written (outputs untouched). Padded positions are
 // never read (their logits, tokens and old log-probs may hold anything: masking happens before any exp/log, pitfall 20).
 // Outputs at padded positions: gradient rows 0, per-position arrays 0.
+// Masks: nonzero = valid, 0 = padding; a NaN in a float mask is an argument error ("mask"). With an empty mask, a position
+// whose student logits row is fully masked (all -inf) is padding (as kd::divergence_loss treats fully masked rows); a
+// position an explicit mask marks valid must have a usable student row, else it is a value error (non_finite_input,
+// "student"): its sampled token has probability 0, so it has no reward, and silently dropping it would shift the
+// discounted returns of every earlier position of the sequence.
 // Memory: O(B * L) scalars of scratch (plus three L1-sized chunk buffers per thread), no temporary proportional to B x L x V.
 // Deterministic: each row is computed by one thread and every reduction runs afterwards in row order, so results are
 // bitwise identical across runs and thread counts (for a fixed instruction set).
@@ -93,6 +101,34 @@ status validate_pg_outputs(const pg_outputs<G>& out, std::int64_t rows, std::int
   return ok_status();
 }
 
+// A NaN in a float mask is neither valid nor padding: reject it (nonzero != 0 would count it as valid).
+inline status validate_mask_values(const mask_view& mask) {
+  if (mask.f32 == nullptr) return ok_status();
+  for (std::int64_t r = 0; r < mask.size; ++r)
+    if (std::isnan(mask.f32[r]))
+      return make_error(errc::invalid_argument, "mask", "holds NaN (neither valid nor padding)", mask.f32[r], r);
+  return ok_status();
+}
+
+// With no mask, rows whose student logits are all -inf are padding (the convention of kd::divergence_loss for fully masked
+// rows). Fills `derived` (1 = valid) and returns true when there is such a row. The scan of a row stops at its first entry
+// that is not -inf (the first one, for any ordinary row), so this costs O(B*L) reads, not O(B*L*V).
+template <class S>
+bool derive_pg_mask(const const_rows<S>& x, std::vector<std::uint8_t>& derived) {
+  bool any = false;
+  derived.assign(static_cast<std::size_t>(x.rows), 1);
+  for (std::int64_t r = 0; r < x.rows; ++r) {
+    const S* z = x.row(r);
+    std::int64_t j = 0;
+    while (j < x.cols && to_double(z[j]) == -std::numeric_limits<double>::infinity()) ++j;
+    if (j == x.cols) {
+      derived[static_cast<std::size_t>(r)] = 0;
+      any = true;
+    }
+  }
+  return any;
+}
+
 template <class S, class P, class G>
 status validate_pg_call(const student_input<S>& student, const teacher_input<P>& teacher, const pg_sequences& seq,
                         const pg_options& opt, const pg_outputs<G>& out) {
@@ -114,6 +150,7 @@ status validate_pg_call(const student_input<S>& student, const teacher_input<P>&
     return make_error(errc::invalid_argument, "tokens", "must have batch * time entries", double(seq.tokens.size));
   if (!seq.mask.empty() && seq.mask.size != rows)
     return make_error(errc::invalid_argument, "mask", "must have batch * time entries", double(seq.mask.size));
+  if (status s = validate_mask_values(seq.mask); !s) return s;
   if (!seq.lm_labels.empty() && seq.lm_labels.size != rows)
     return make_error(errc::invalid_argument, "lm_labels", "must have batch * time entries", double(seq.lm_labels.size));
   if (opt.lm_weight != 0.0 && seq.lm_labels.empty())
@@ -154,7 +191,7 @@ status validate_pg_call(const student_input<S>& student, const teacher_input<P>&
 // them with per-token importance weights: discounted returns over valid positions (gamma, current_reward), length
 // normalization (length_norm), then whitening (whiten). Other options are ignored.
 //   rewards     [batch * time] float, nats; read only at valid positions
-//   mask        [batch * time] validity (empty = all valid)
+//   mask        [batch * time] validity (empty = all valid; NaN in a float mask: errc::invalid_argument)
 //   advantages  [batch * time] float out (0 at padding); may alias rewards
 // Errors (errc::invalid_argument, before any output is written): null pointers, negative sizes, a mask of the wrong size,
 // options out of range, a non-finite reward at a valid position.
@@ -167,6 +204,7 @@ inline status pg_advantages(const float* rewards, const mask_view& mask, std::in
   if (n > 0 && advantages == nullptr) return make_error(errc::invalid_argument, "advantages", "is null");
   if (!mask.empty() && mask.size != n)
     return make_error(errc::invalid_argument, "mask", "must have batch * time entries", double(mask.size));
+  if (status s = detail::validate_mask_values(mask); !s) return s;
   if (status s = validate_pg_options(options); !s) return s;
   std::vector<double> r(static_cast<std::size_t>(n)), a(static_cast<std::size_t>(n));
   std::unique_ptr<bool[]> valid(new bool[static_cast<std::size_t>(n > 0 ? n : 1)]());
@@ -204,8 +242,15 @@ status policy_gradient(const student_input<S>& student, const teacher_input<P>& 
   static_assert(is_element_v<G>, "kd: gradient element type must be float, double, kd::bfloat16 or kd::half");
   static_assert(detail::pg::simd_traits<Backend>::value || std::is_same_v<Backend, reference_backend>,
                 "kd::policy_gradient: backend must be a kd::simd_backend<...> or kd::reference_backend");
-  if (status s = detail::validate_pg_call(student, teacher, seq, options, outputs); !s) return s;
-  return detail::pg::run(student, teacher, seq, options, outputs, diag, backend);
+  // No mask: fully masked student rows are padding. Derived before the other checks so that such positions' tokens are
+  // never read either; only once the student view itself is known to be readable.
+  pg_sequences eff = seq;
+  std::vector<std::uint8_t> derived;
+  if (seq.mask.empty() && detail::validate_rows(student.x, "student").ok() && seq.batch >= 0 && seq.time >= 0 &&
+      student.x.rows == seq.batch * seq.time && detail::derive_pg_mask(student.x, derived))
+    eff.mask = mask_view(derived.data(), static_cast<std::int64_t>(derived.size()));
+  if (status s = detail::validate_pg_call(student, teacher, eff, options, outputs); !s) return s;
+  return detail::pg::run(student, teacher, eff, options, outputs, diag, backend);
 }
 
 KD_END_NAMESPACE

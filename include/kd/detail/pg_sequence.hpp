@@ -38,11 +38,13 @@ struct row_state {
 //   rew[t]   rewards (0 where invalid), valid[t] validity, lr[t] per-token log importance ratio log(q_old/s) (may be null:
 //            all 0, or ignored unless exact), n = L. Writes adv[t] (0 where invalid).
 // exact: G_t = exp(lr_t) (r_t + gamma G_{t+1}) carries the future tokens' ratios (unbiased with W_t outside); per-token:
-// G_t = r_t + gamma G_{t+1}. A_t = G_{t+1} (exclude current) or r_t + gamma G_{t+1} (include), then length-normalized.
+// G_t = r_t + gamma G_{t+1}. A_t = G_{t+1} (exclude current) or r_t + gamma G_{t+1} (include), then length-normalized:
+// paper / reference divide by a count of valid positions, discounted by the same count with each position weighted gamma^k.
 inline void sequence_returns(const double* rew, const bool* valid, const double* lr, std::int64_t n, double gamma,
                              length_norm norm, bool include_current, bool exact, double* adv) noexcept {
   double g = 0.0;
   std::int64_t n_after = 0;
+  double dc_after = 0.0;  // discounted count of the valid positions after t: sum_{k=0}^{n_after-1} gamma^k (0 if none)
   for (std::int64_t t = n - 1; t >= 0; --t) {
     if (!valid[t]) {
       adv[t] = 0.0;
@@ -51,14 +53,56 @@ inline void sequence_returns(const double* rew, const bool* valid, const double*
     const double a_excl = g;
     const double a_incl = rew[t] + (gamma == 0.0 ? 0.0 : gamma * g);
     const std::int64_t n_from = n_after + 1;
+    const double dc_from = 1.0 + (gamma == 0.0 ? 0.0 : gamma * dc_after);
     double a = include_current ? a_incl : a_excl;
     double div = 1.0;
     if (norm == length_norm::paper) div = static_cast<double>(include_current ? n_from : n_after);
     else if (norm == length_norm::reference) div = static_cast<double>(n_from);
+    else if (norm == length_norm::discounted) div = include_current ? dc_from : dc_after;
     adv[t] = div > 0.0 ? a / div : 0.0;  // div == 0 only when nothing follows: a == 0 then
+    dc_after = dc_from;
     const double v = (exact && lr) ? std::exp(lr[t]) : 1.0;
     g = v * a_incl;
     n_after = n_from;
+  }
+}
+
+// Importance weights of one sequence (n positions, valid[t]) from the per-token log ratios lr[t] = log q_old - log s, in log
+// space, clamped to [-log M, log M] with M = pg_max_importance_weight before exp (see pg_options.hpp). For valid t writes:
+//   w[t]       the weight multiplying position t's long-term term: exp(clamp(lr_t)) per token, exp(clamp(sum_{t'<=t} lr_t'))
+//              exact;
+//   sw[t]      the single-step weight: 1 per token, the capped prefix product W_{t-1} exact;
+//   carried[t] the log ratio carried inside the exact-form advantage, log W_t - log W_{t-1} of the capped products (so that
+//              W_t * A_t weights every later reward with its own capped W); lr_t itself per token (unused there);
+//   clipped[t] whether the cap changed w[t].
+inline void capped_weights(const double* lr, const bool* valid, std::int64_t n, bool exact, double* sw, double* w,
+                           double* carried, bool* clipped) noexcept {
+  const double cap = std::log(pg_max_importance_weight);
+  const auto clamp = [cap](double x) { return std::min(std::max(x, -cap), cap); };
+  // exp of a clamped log weight; the bounds map to M and 1/M exactly (exp(log M) is not M to the last bit)
+  const auto wexp = [cap](double lw) {
+    return lw == cap ? pg_max_importance_weight : lw == -cap ? 1.0 / pg_max_importance_weight : std::exp(lw);
+  };
+  double cum = 0.0, prev = 0.0;  // running sum of lr, and the clamped log prefix product before t
+  bool prev_exact = true;        // prev == the unclamped sum (then the carried ratio is lr_t itself, bit for bit)
+  for (std::int64_t t = 0; t < n; ++t) {
+    if (!valid[t]) continue;
+    if (exact) {
+      cum += lr[t];
+      const double lw = clamp(cum);
+      sw[t] = wexp(prev);
+      w[t] = wexp(lw);
+      clipped[t] = lw != cum;
+      carried[t] = (prev_exact && !clipped[t]) ? lr[t] : lw - prev;
+      prev = lw;
+      prev_exact = !clipped[t];
+    } else {
+      const double lw = clamp(lr[t]);
+      sw[t] = 1.0;
+      w[t] = wexp(lw);
+      carried[t] = lr[t];
+      clipped[t] = lw != lr[t];
+    }
   }
 }
 
@@ -139,37 +183,33 @@ void sequence_stage(const pg_sequences& seq, const pg_options& o, std::vector<ro
 
   // Importance weights (forward over each sequence) and returns (backward).
   std::int64_t n_iw_clipped = 0;
-  const auto clip_w = [&](double v, bool count) {
-    if (o.iw_clip > 0.0 && v > o.iw_clip) {
-      if (count) ++n_iw_clipped;
-      return o.iw_clip;
-    }
-    return v;
-  };
+  const auto clip_w = [&](double v) { return (o.iw_clip > 0.0 && v > o.iw_clip) ? o.iw_clip : v; };
+
   double seq_reward_sum = 0.0;
+  std::vector<double> carried(R, 0.0);
+  std::unique_ptr<bool[]> capped(new bool[static_cast<std::size_t>(R > 0 ? R : 1)]());
   for (std::int64_t b = 0; b < B; ++b) {
     const std::int64_t base = b * L;
-    double cum = 0.0, seq_d = 0.0;
+    // log-space weights, capped at pg_max_importance_weight (never inf / NaN)
+    capped_weights(lr.data() + base, valid + base, L, exact, sw.data() + base, w.data() + base, carried.data() + base,
+                   capped.get() + base);
+    double seq_d = 0.0;
     bool any = false;
     for (std::int64_t t = 0; t < L; ++t) {
       const std::int64_t r = base + t;
       if (!valid[r]) continue;
       any = true;
       seq_d += st[r].lp_y - st[r].lq_y;
-      if (exact) {
-        sw[r] = clip_w(std::exp(cum), false);
-        cum += lr[r];
-        w[r] = clip_w(std::exp(cum), true);
-      } else {
-        sw[r] = 1.0;
-        w[r] = clip_w(std::exp(lr[r]), true);
-      }
+      if (exact) sw[r] = clip_w(sw[r]);
+      const double wc = clip_w(w[r]);
+      if (capped[r] || wc != w[r]) ++n_iw_clipped;
+      w[r] = wc;
     }
     if (any) {
       ++d.valid_sequences;
       seq_reward_sum += seq_d;
     }
-    sequence_returns(rew.data() + base, valid + base, lr.data() + base, L, o.gamma, o.length_norm, incl, exact,
+    sequence_returns(rew.data() + base, valid + base, carried.data() + base, L, o.gamma, o.length_norm, incl, exact,
                      adv.data() + base);
   }
   if (o.whiten) whiten(adv.data(), valid, R);
@@ -197,8 +237,12 @@ void sequence_stage(const pg_sequences& seq, const pg_options& o, std::vector<ro
       sum_lm += -s.lq_lm;
     }
     if (valid[r]) {
-      const double rho = std::exp(s.lq_y - lq_old[r]) * w[r];
-      const ppo_term p = ppo(adv[r], rho, o.clip_range);
+      // PPO ratio in log space, capped like the weights (where capped, the surrogate is constant in log q: gradient 0)
+      const double log_rho = (s.lq_y - lq_old[r]) + std::log(w[r]);
+      const bool rho_capped = log_rho > std::log(pg_max_importance_weight);
+      const double rho = rho_capped ? pg_max_importance_weight : std::exp(log_rho);
+      ppo_term p = ppo(adv[r], rho, o.clip_range);
+      if (rho_capped) p.dlogq = 0.0;
       if (p.clipped) ++n_clipped;
       s.c_long = p.dlogq * scale;
       sum_pg += p.value;
