@@ -16,7 +16,7 @@ SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-poin
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++-14 \
   -DCMAKE_CXX_FLAGS="-O1 $SAN" -DCMAKE_EXE_LINKER_FLAGS="$SAN" -DCMAKE_SHARED_LINKER_FLAGS="$SAN" \
   -DKD_BUILD_FUZZ=ON -DKD_FUZZ_RUNS="${KD_FUZZ_RUNS:-3000}" \
-  -DKD_BUILD_EXAMPLES=OFF -DKD_BUILD_BENCH=OFF -DKD_INSTALL=OFF >/dev/null
+  -DKD_BUILD_EXAMPLES=OFF -DKD_BUILD_BENCH=OFF -DKD_INSTALL=OFF -DKD_WERROR=ON >/dev/null
 cmake --build "$BUILD" -j "$JOBS"
 export ASAN_OPTIONS="detect_leaks=1:check_initialization_order=1:strict_init_order=1:detect_stack_use_after_return=1:abort_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
