@@ -12,9 +12,11 @@
 
 #include "version.hpp"
 
-KD_BEGIN_NAMESPACE
-
+KD_BEGIN_ISA_FREE_NAMESPACE  // plain data types of kd::dispatch's signatures (kd/version.hpp)
 enum class divergence_kind { forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl, tvd };
+KD_END_ISA_FREE_NAMESPACE
+
+KD_BEGIN_NAMESPACE
 
 inline const char* divergence_name(divergence_kind k) noexcept {
   switch (k) {
@@ -28,6 +30,10 @@ inline const char* divergence_name(divergence_kind k) noexcept {
   return "?";
 }
 
+KD_END_NAMESPACE
+
+KD_BEGIN_ISA_FREE_NAMESPACE
+
 struct divergence {
   divergence_kind kind = divergence_kind::forward_kl;
   double param = 0.0;  // beta for jsd (in [0, 1]), alpha for the skew divergences (in [0, 1)); unused otherwise
@@ -40,4 +46,4 @@ struct divergence {
   static constexpr divergence tvd() noexcept { return {divergence_kind::tvd, 0.0}; }
 };
 
-KD_END_NAMESPACE
+KD_END_ISA_FREE_NAMESPACE

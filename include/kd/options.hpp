@@ -13,14 +13,22 @@
 
 #include "tensor.hpp"
 
-KD_BEGIN_NAMESPACE
+KD_BEGIN_ISA_FREE_NAMESPACE  // plain data types of kd::dispatch's signatures (kd/version.hpp)
 
 // What the numbers in an input row are. Both kinds are normalized with a log-sum-exp of x / T (exact for log-probs, whose
 // log-sum-exp is 0); declaring log_probs additionally checks, at T = 1, that |logsumexp(row)| <= 0.05 nats and reports
 // errc::not_normalized otherwise (it catches logits passed as log-probs). Probabilities are not accepted: take their log.
 enum class input_kind { logits, log_probs };
 
+KD_END_ISA_FREE_NAMESPACE
+
+KD_BEGIN_NAMESPACE
+
 inline const char* input_kind_name(input_kind k) noexcept { return k == input_kind::logits ? "logits" : "log_probs"; }
+
+KD_END_NAMESPACE
+
+KD_BEGIN_ISA_FREE_NAMESPACE
 
 template <class T>
 struct student_input {
@@ -33,6 +41,10 @@ struct teacher_input {
   const_rows<T> x;
   input_kind kind = input_kind::logits;
 };
+
+KD_END_ISA_FREE_NAMESPACE
+
+KD_BEGIN_NAMESPACE
 
 // Factories: kd::student_logits(ptr, rows, vocab[, row_stride]) and friends.
 template <class T>
@@ -52,6 +64,10 @@ constexpr teacher_input<T> teacher_log_probs(const T* p, std::int64_t rows, std:
   return {const_rows<T>(p, rows, cols, stride < 0 ? cols : stride), input_kind::log_probs};
 }
 
+KD_END_NAMESPACE
+
+KD_BEGIN_ISA_FREE_NAMESPACE
+
 // How per-row losses l_r (with row weights w_r) become the returned loss L; the gradient is always dL/d(student logits).
 //   none       : L = sum_r w_r l_r; per-row values are the result (gradient of their sum, i.e. each row its own gradient).
 //   sum        : L = sum_r w_r l_r.
@@ -62,6 +78,10 @@ constexpr teacher_input<T> teacher_log_probs(const T* p, std::int64_t rows, std:
 // PyTorch's "batchmean" is sum / rows (use normalizer = rows); its "mean" divides by rows * vocab, almost never wanted.
 enum class reduction { none, sum, mean, normalizer };
 
+KD_END_ISA_FREE_NAMESPACE
+
+KD_BEGIN_NAMESPACE
+
 inline const char* reduction_name(reduction r) noexcept {
   switch (r) {
     case reduction::none: return "none";
@@ -71,6 +91,10 @@ inline const char* reduction_name(reduction r) noexcept {
   }
   return "?";
 }
+
+KD_END_NAMESPACE
+
+KD_BEGIN_ISA_FREE_NAMESPACE
 
 struct distill_options {
   double temperature = 1.0;   // T > 0, finite; applied to both sides: q = softmax(x_s / T), p = softmax(x_t / T)
@@ -98,4 +122,4 @@ struct loss_result {
   double denominator = 1.0;      // what the weighted sum was divided by
 };
 
-KD_END_NAMESPACE
+KD_END_ISA_FREE_NAMESPACE
