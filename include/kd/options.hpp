@@ -5,7 +5,7 @@
 //  - forward KL = KL(p || q) (mode-covering), reverse KL = KL(q || p) (mode-seeking); MiniLLM, Gu et al. arXiv 2306.08543 Sec 2.1.
 //  - Units: nats (natural log).
 //  - The teacher and the student are distinct C++ types (kd::teacher_input / kd::student_input), so they cannot be swapped
-//    silently, and each declares its input kind (logits or log-probs) explicitly (pitfall 8).
+//    silently, and each declares its input kind (logits or log-probs) explicitly (docs/pitfalls.md #8).
 #pragma once
 
 #include <cstdint>
@@ -72,9 +72,9 @@ KD_BEGIN_ISA_FREE_NAMESPACE
 //   none       : L = sum_r w_r l_r; per-row values are the result (gradient of their sum, i.e. each row its own gradient).
 //   sum        : L = sum_r w_r l_r.
 //   mean       : L = sum_r w_r l_r / sum_r w_r over valid rows (token mean: with no weights, divides by the number of valid
-//                rows). Zero valid rows give L = 0 and a zero gradient (pitfall 5).
+//                rows). Zero valid rows give L = 0 and a zero gradient (docs/pitfalls.md #5).
 //   normalizer : L = sum_r w_r l_r / options.normalizer, e.g. the global number of valid tokens across gradient-accumulation
-//                micro-batches, so accumulated micro-batches equal one big batch (pitfall 18).
+//                micro-batches, so accumulated micro-batches equal one big batch (docs/pitfalls.md #18).
 // PyTorch's "batchmean" is sum / rows (use normalizer = rows); its "mean" divides by rows * vocab, almost never wanted.
 enum class reduction { none, sum, mean, normalizer };
 

@@ -1,7 +1,6 @@
 // kd: knowledge-distillation losses and gradients for LLM trainers (header-only).
 // One version number, parsed by CMake.
 // The docs/*.md files cited in kd's header comments are installed with the headers, to share/doc/kd/ (CMake's DOCDIR).
-// The docs/*.md files cited in kd's header comments are installed with the headers, to share/doc/kd/ (CMake's DOCDIR).
 #pragma once
 
 #define KD_VERSION_MAJOR 0

@@ -4,10 +4,10 @@
 // Notation: lx, ly are log-probabilities (already normalized, already divided by T) of two distributions x, y over n entries;
 // -inf entries are probability 0. Each core returns the divergence in nats and, when gx / gy are non-null, writes
 // dD/d(logit_x) * T and dD/d(logit_y) * T (the caller multiplies by 1/T and the row's reduction scale). General rule used
-// throughout (math.md): with g = dD/dy, dD/dz_j = (1/T) y_j (g_j - sum_i y_i g_i), so every gradient row sums to 0.
-// Choices that make bit-identical inputs give exactly 0 (pitfalls 13, 17):
+// throughout (docs/math.md): with g = dD/dy, dD/dz_j = (1/T) y_j (g_j - sum_i y_i g_i), so every gradient row sums to 0.
+// Choices that make bit-identical inputs give exactly 0 (docs/pitfalls.md #13, #17):
 //   - the mixture log m is set to lx where lx == ly (m = x = y there), else logaddexp(log a + lx, log(1-a) + ly)
-//     (log space, pitfall 1);
+//     (log space, docs/pitfalls.md #1);
 //   - x/m is used as expm1(lx - lm) + 1 with the constant dropped (rows are centred, so constants cancel).
 #pragma once
 
@@ -50,7 +50,7 @@ inline double log_sum_exp(const double* v, std::int64_t n) noexcept {
 
 // v -= logsumexp(v) as (v - max) - log(sum exp(v - max)), for a row whose log-sum-exp is finite. Subtracting the max first
 // keeps the row normalized when |v| >> 2^53 log(n): v - (max + log s) would round log s away (a double row of -1e39
-// came out with sum exp = n; tests/test_bad_inputs.cpp).
+// came out with sum exp = n; docs/numerics.md).
 inline void normalize_log(double* v, std::int64_t n) noexcept {
   double m = ninf;
   for (std::int64_t j = 0; j < n; ++j) m = std::max(m, v[j]);
