@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds kd (Release, warnings on) and runs the whole test suite with CTest.
+# Installs what is missing, builds kd (Release, warnings as errors: -DKD_WERROR=ON) and runs the whole test suite with CTest.
 # Usage: scripts/test.sh            (build dir: build/)
 #        KD_BUILD_DIR=dir scripts/test.sh
 set -euo pipefail
@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 BUILD="${KD_BUILD_DIR:-build}"
 JOBS="${KD_JOBS:-$(nproc)}"
-cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKD_WERROR=ON >/dev/null
 cmake --build "$BUILD" -j "$JOBS"
 ctest --test-dir "$BUILD" --output-on-failure -j "$JOBS"

@@ -99,7 +99,7 @@ struct pg_options {
     return o;
   }
   // Plain unbiased estimator of the gradient of the sequence-level reverse KL: no normalization, no discount, no clipping,
-  // exact importance weights, per-sequence sums (what the enumeration proofs in tests/test_pg_toy.cpp use).
+  // exact importance weights, per-sequence sums (what the enumeration proofs of docs/policy_gradient.md use).
   static pg_options exact() noexcept {
     pg_options o;
     o.length_norm = kd::length_norm::none;

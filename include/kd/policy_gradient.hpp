@@ -54,7 +54,7 @@
 // that is not finite and <= 0 at a VALID position -> errc::invalid_argument. Non-finite logits in a valid row, the student or
 // the teacher giving probability 0 to a sampled token, or KL(q_t || p_t) = +inf with single_step on -> value errors with the
 // smallest offending row. EVERY error is returned before any output is written (outputs untouched). Padded positions are
-// never read (their logits, tokens and old log-probs may hold anything: masking happens before any exp/log, pitfall 20).
+// never read (their logits, tokens and old log-probs may hold anything: masking happens before any exp/log, docs/pitfalls.md #20).
 // Outputs at padded positions: gradient rows 0, per-position arrays 0.
 // Masks: nonzero = valid, 0 = padding; a NaN in a float mask is an argument error ("mask"). With an empty mask, a position
 // whose student logits row is fully masked (all -inf) is padding (as kd::divergence_loss treats fully masked rows); a

@@ -22,7 +22,7 @@
 
 #include "version.hpp"
 
-KD_BEGIN_NAMESPACE
+KD_BEGIN_ISA_FREE_NAMESPACE  // errc, status: plain data types of kd::dispatch's signatures (kd/version.hpp)
 
 enum class errc : int {
   ok = 0,
@@ -32,6 +32,10 @@ enum class errc : int {
   not_normalized = 4,     // an input declared as log-probs does not sum to 1 (|logsumexp| > 0.05 nats at T = 1)
   unsupported = 5,        // the requested backend or dtype is not available in this build
 };
+
+KD_END_ISA_FREE_NAMESPACE
+
+KD_BEGIN_NAMESPACE
 
 inline const char* errc_name(errc c) noexcept {
   switch (c) {
@@ -44,6 +48,10 @@ inline const char* errc_name(errc c) noexcept {
   }
   return "unknown";
 }
+
+KD_END_NAMESPACE
+
+KD_BEGIN_ISA_FREE_NAMESPACE  // plain data types of kd::dispatch's signatures (kd/version.hpp)
 
 struct [[nodiscard]] status {
   errc code = errc::ok;
@@ -71,6 +79,10 @@ struct [[nodiscard]] status {
     return s;
   }
 };
+
+KD_END_ISA_FREE_NAMESPACE
+
+KD_BEGIN_NAMESPACE
 
 inline constexpr status ok_status() noexcept { return status{}; }
 

@@ -53,6 +53,10 @@ inline T from_double(double x) noexcept {
   else return static_cast<T>(static_cast<float>(x));
 }
 
+KD_END_NAMESPACE
+
+KD_BEGIN_ISA_FREE_NAMESPACE  // plain data types of kd::dispatch's signatures (kd/version.hpp)
+
 // A batch of rows: rows x cols elements, row r at data + r * row_stride. T may be const-qualified (inputs) or not (outputs).
 template <class T>
 struct rows_view {
@@ -82,6 +86,10 @@ struct rows_view {
 template <class T> using const_rows = rows_view<const T>;
 template <class T> using mut_rows = rows_view<T>;
 
+KD_END_ISA_FREE_NAMESPACE
+
+KD_BEGIN_NAMESPACE
+
 // [B, T, V] contiguous tensor as rows (B*T rows of V).
 template <class T>
 constexpr rows_view<T> rows_of_3d(T* data, std::int64_t batch, std::int64_t time, std::int64_t vocab) {
@@ -105,6 +113,10 @@ inline bool same_buffer(const rows_view<A>& a, const rows_view<B>& b) noexcept {
          a.row_stride == b.row_stride;
 }
 
+KD_END_NAMESPACE
+
+KD_BEGIN_ISA_FREE_NAMESPACE  // plain data types of kd::dispatch's signatures (kd/version.hpp)
+
 // Per-row integer labels (int32 or int64), used only for ignore_index masking.
 struct label_view {
   const std::int32_t* i32 = nullptr;
@@ -118,4 +130,4 @@ struct label_view {
   std::int64_t operator[](std::int64_t r) const noexcept { return i64 ? i64[r] : static_cast<std::int64_t>(i32[r]); }
 };
 
-KD_END_NAMESPACE
+KD_END_ISA_FREE_NAMESPACE

@@ -1,15 +1,15 @@
-// Sparse (top-k) teacher distributions with a tail bucket (pitfalls 11 and 12).
+// Sparse (top-k) teacher distributions with a tail bucket (docs/pitfalls.md #11, #12).
 //
 // Teachers are often stored as their top-k tokens per position. Comparing such a teacher with a full-vocabulary student is
-// wrong (pitfall 11): both sides must live on the same support. kd's policy is the tail bucket: each row becomes k + 1
+// wrong (docs/pitfalls.md #11): both sides must live on the same support. kd's policy is the tail bucket: each row becomes k + 1
 // entries, the k teacher-support tokens and one bucket holding all the remaining probability mass, on BOTH sides:
 //
 //   topk_with_tail(logits [rows, V], indices [rows, k], T, out [rows, k+1])        (student, or a teacher whose logits exist)
 //       out[:, i] = log softmax(logits / T)[indices_i], out[:, k] = log of the mass outside the support, computed as a
-//       log-sum-exp over the other logits (pitfall 12). The most accurate tail.
+//       log-sum-exp over the other logits (docs/pitfalls.md #12). The most accurate tail.
 //   topk_with_tail_from_log_probs(topk_log_probs [rows, k], out [rows, k+1])     (a teacher stored as top-k log-probs)
 //       out[:, :k] = the stored log-probs (normalized over the full vocabulary, at the temperature they were made),
-//       out[:, k]  = log(1 - sum_i exp(topk_i)) computed as log1mexp(logsumexp(topk)) (never 1 - sum, pitfall 12); exact to
+//       out[:, k]  = log(1 - sum_i exp(topk_i)) computed as log1mexp(logsumexp(topk)) (never 1 - sum, docs/pitfalls.md #12); exact to
 //       the precision of the stored log-probs (a stored 0 means "no tail": -inf).
 //   topk_with_tail_backward(student_logits, indices, T, grad_compressed [rows, k+1], grad_logits [rows, V])
 //       maps dL/d(compressed row, treated as logits) back to dL/d(student logits): (1/T) g_i on the support, and

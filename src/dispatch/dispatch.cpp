@@ -4,7 +4,10 @@
 
 #include "isa.hpp"
 
-KD_BEGIN_NAMESPACE
+// Everything here is ISA-free (kd::v0, kd/version.hpp): the entry points declared in kd/backend/dispatch.hpp, and the
+// code between them and the per-ISA tables, which only queries the CPU and forwards (no kd kernel or driver is
+// instantiated in this translation unit; the drivers run in the isa_*.cpp units).
+KD_BEGIN_ISA_FREE_NAMESPACE
 
 namespace {
 
@@ -30,8 +33,8 @@ bool cpu_has(simd_isa isa) noexcept {
   return false;
 }
 
-const detail::dispatch_isa::table* table_for(simd_isa isa) noexcept {
-  using namespace detail::dispatch_isa;
+const dispatch_abi::table* table_for(simd_isa isa) noexcept {
+  using namespace dispatch_abi;
   static const table sse2 = table_sse2(), sse4_2 = table_sse4_2(), avx2 = table_avx2(), avx512 = table_avx512();
   if (!simd_isa_available(isa)) return nullptr;
   switch (isa == simd_isa::best ? best_simd_isa() : isa) {
@@ -50,7 +53,7 @@ const detail::dispatch_isa::table* table_for(simd_isa isa) noexcept {
 }
 
 template <class S, class G>
-detail::dispatch_isa::rows<S, G> pick(const detail::dispatch_isa::table& t) noexcept {
+dispatch_abi::driver<S, G> pick(const dispatch_abi::table& t) noexcept {
   if constexpr (std::is_same_v<S, float>)
     return t.f32;
   else if constexpr (std::is_same_v<S, bfloat16> && std::is_same_v<G, float>)
@@ -89,16 +92,15 @@ simd_isa best_simd_isa() noexcept {
   return simd_isa::sse2;
 }
 
-namespace detail {
+namespace dispatch_abi {
 
 template <class S, class P, class G>
 status dispatch_divergence(simd_isa isa, int threads, const divergence& d, const student_input<S>& student,
                            const teacher_input<P>& teacher, const distill_options& opt, loss_result& result,
                            const distill_outputs<G>& out) {
-  const dispatch_isa::table* t = table_for(isa);
+  const table* t = table_for(isa);
   if (!t) return make_error(errc::unsupported, "backend", "instruction set not supported by this CPU");
-  return detail::drive<thread_executor, S, P, G>(pick<S, G>(*t), thread_executor{threads}, d, student, teacher, opt,
-                                               result, out);
+  return pick<S, G>(*t)(threads, d, student, teacher, opt, result, out);
 }
 
 #define KD_DISPATCH_INSTANTIATE(S, G)                                                                         \
@@ -113,11 +115,11 @@ KD_DISPATCH_INSTANTIATE(half, half)
 #undef KD_DISPATCH_INSTANTIATE
 
 status dispatch_exp(simd_isa isa, const float* in, float* out, std::int64_t n) noexcept {
-  const dispatch_isa::table* t = table_for(isa);
+  const table* t = table_for(isa);
   if (!t) return make_error(errc::unsupported, "backend", "instruction set not supported by this CPU");
   t->exp(in, out, n);
   return ok_status();
 }
 
-}  // namespace detail
-KD_END_NAMESPACE
+}  // namespace dispatch_abi
+KD_END_ISA_FREE_NAMESPACE

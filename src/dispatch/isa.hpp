@@ -1,22 +1,28 @@
 // Private to kd::dispatch: the per-instruction-set kernel tables. Each isa_*.cpp is compiled with its own -m flags and
-// fills one table with pointers to kd::detail::process_rows<simd::row_kernels<Arch>, ...> (Arch in every symbol: no
-// one-definition-rule clash between the translation units).
+// fills one table with pointers to complete drivers for its instruction set: kd::detail::simd::drive and
+// process_rows<Arch, ...> are instantiated in that translation unit, in its ABI namespace (kd/version.hpp), so nothing
+// compiled with these -m flags shares a symbol with dispatch.cpp (no flags) or a user's translation unit (other flags).
+// The tables and the table_*() functions are ISA-free (kd::v0::dispatch_abi): their types are plain data.
 #pragma once
 
+#include <kd/backend/dispatch.hpp>
 #include <kd/backend/simd.hpp>
 
-KD_BEGIN_NAMESPACE
-namespace detail::dispatch_isa {
+KD_BEGIN_ISA_FREE_NAMESPACE
+namespace dispatch_abi {
 
+// Validated arguments in, status out: the whole of simd_backend<Arch>::run_divergence with a thread_executor.
 template <class S, class G>
-using rows = detail::rows_fn<S, S, G>;
+using driver = status (*)(int threads, const divergence& d, const student_input<S>& student,
+                          const teacher_input<S>& teacher, const distill_options& opt, loss_result& result,
+                          const distill_outputs<G>& out);
 
 struct table {
-  rows<float, float> f32;
-  rows<bfloat16, float> bf16_f32;
-  rows<bfloat16, bfloat16> bf16_bf16;
-  rows<half, float> f16_f32;
-  rows<half, half> f16_f16;
+  driver<float, float> f32;
+  driver<bfloat16, float> bf16_f32;
+  driver<bfloat16, bfloat16> bf16_bf16;
+  driver<half, float> f16_f32;
+  driver<half, half> f16_f16;
   void (*exp)(const float* in, float* out, std::int64_t n);
 };
 
@@ -24,6 +30,20 @@ table table_sse2() noexcept;
 table table_sse4_2() noexcept;
 table table_avx2() noexcept;
 table table_avx512() noexcept;
+
+}  // namespace dispatch_abi
+KD_END_ISA_FREE_NAMESPACE
+
+KD_BEGIN_NAMESPACE
+namespace detail::dispatch_isa {
+
+template <class A, class S, class G>
+status drive_rows(int threads, const divergence& d, const student_input<S>& student, const teacher_input<S>& teacher,
+                  const distill_options& opt, loss_result& result, const distill_outputs<G>& out) {
+  return detail::drive<thread_executor, S, S, G>(&detail::process_rows<simd::row_kernels<A>, S, S, G>,
+                                                 thread_executor{threads}, d, student,
+                                               teacher, opt, result, out);
+}
 
 template <class A>
 void exp_array(const float* in, float* out, std::int64_t n) {
@@ -35,13 +55,9 @@ void exp_array(const float* in, float* out, std::int64_t n) {
 }
 
 template <class A>
-table make_table() noexcept {
-  return {&detail::process_rows<simd::row_kernels<A>, float, float, float>,
-          &detail::process_rows<simd::row_kernels<A>, bfloat16, bfloat16, float>,
-          &detail::process_rows<simd::row_kernels<A>, bfloat16, bfloat16, bfloat16>,
-          &detail::process_rows<simd::row_kernels<A>, half, half, float>,
-          &detail::process_rows<simd::row_kernels<A>, half, half, half>,
-          &exp_array<A>};
+dispatch_abi::table make_table() noexcept {
+  return {&drive_rows<A, float, float>,       &drive_rows<A, bfloat16, float>, &drive_rows<A, bfloat16, bfloat16>,
+          &drive_rows<A, half, float>,        &drive_rows<A, half, half>,      &exp_array<A>};
 }
 
 }  // namespace detail::dispatch_isa

@@ -22,7 +22,9 @@
 #include "../options.hpp"
 #include "../status.hpp"
 
-KD_BEGIN_NAMESPACE
+// The library's entry points are in the ISA-free namespace kd::v0 (kd/version.hpp), so a translation unit compiled with
+// any -m flags links with the library; the library's internals are in kd::v0::dispatch_abi.
+KD_BEGIN_ISA_FREE_NAMESPACE
 
 enum class simd_isa { best = 0, sse2, sse4_2, avx2, avx512 };
 
@@ -33,13 +35,7 @@ bool simd_isa_available(simd_isa isa) noexcept;
 // The instruction set simd_isa::best resolves to on this machine.
 simd_isa best_simd_isa() noexcept;
 
-namespace detail {
-
-template <class S, class P, class G>
-inline constexpr bool dispatch_types_supported = std::is_same_v<S, P> &&
-                                                 (std::is_same_v<S, float> || std::is_same_v<S, bfloat16> ||
-                                                  std::is_same_v<S, half>)&&(std::is_same_v<G, float> ||
-                                                                             std::is_same_v<G, S>);
+namespace dispatch_abi {
 
 // Defined in the library for the supported type combinations. Precondition: arguments validated.
 template <class S, class P, class G>
@@ -49,6 +45,23 @@ status dispatch_divergence(simd_isa isa, int threads, const divergence& d, const
 
 // out[i] = kd::detail::simd::exp(in[i]) with the kernels of `isa` (testing and benchmarking the vector exp).
 status dispatch_exp(simd_isa isa, const float* in, float* out, std::int64_t n) noexcept;
+
+}  // namespace dispatch_abi
+
+KD_END_ISA_FREE_NAMESPACE
+
+KD_BEGIN_NAMESPACE
+
+namespace detail {
+
+using dispatch_abi::dispatch_divergence;
+using dispatch_abi::dispatch_exp;
+
+template <class S, class P, class G>
+inline constexpr bool dispatch_types_supported = std::is_same_v<S, P> &&
+                                                 (std::is_same_v<S, float> || std::is_same_v<S, bfloat16> ||
+                                                  std::is_same_v<S, half>)&&(std::is_same_v<G, float> ||
+                                                                             std::is_same_v<G, S>);
 
 }  // namespace detail
 

@@ -101,7 +101,7 @@ struct fast_rows {
 
   // The optimistic loop for rows without -inf / NaN / +inf (the structure of the backend's fused KL pass A, without
   // selects): dd = sum e_s (xs - xt) / T, with (xs - xt) / T rather than ys - yt so that the KL stays accurate when the
-  // models agree at low T (pitfall 14). Returns false (the caller then runs the careful loop) on a fully masked chunk or
+  // models agree at low T (docs/pitfalls.md #14). Returns false (the caller then runs the careful loop) on a fully masked chunk or
   // non-finite sums (a -inf entry makes 0 * -inf = NaN, a NaN / +inf too).
   static bool fast_sums(const S* zs, const P* zt, std::int64_t n, float inv_t, sums& r) noexcept {
     const b it(inv_t);

@@ -13,7 +13,7 @@
 // float64 inputs ask for double precision: they are computed by kd::reference_backend (exact in double, single thread).
 // Determinism: a row's result does not depend on which thread computes it, and per-row losses are summed in row order
 // on the calling thread, so results are bitwise identical for any thread count and across runs (for a fixed Arch).
-// Accuracy versus kd::reference_backend (tests/test_simd_divergence.cpp): float32 rounding of the log-probabilities,
+// Accuracy versus kd::reference_backend (docs/simd.md): float32 rounding of the log-probabilities,
 // i.e. relative errors of a few 1e-6 on losses and gradients for logits of moderate scale (they grow with |logit| / T).
 // Errors: identical to kd::reference_backend (same codes, argument names, first offending row; value errors leave NaN
 // gradient rows and a NaN / +inf loss). Memory: per call, four arrays of `rows` entries; no temporary proportional to V.

@@ -42,7 +42,7 @@ inline double log_sum_exp(const double* v, std::int64_t n) noexcept {
 
 // v -= logsumexp(v) as (v - max) - log(sum exp(v - max)), for a row whose log-sum-exp is finite. Subtracting the max first
 // keeps the row normalized when |v| >> 2^53 log(n): v - (max + log s) would round log s away (a double row of -1e39
-// came out with sum exp = n; tests/test_bad_inputs.cpp).
+// came out with sum exp = n; docs/numerics.md).
 inline void normalize_log(double* v, std::int64_t n) noexcept {
   double m = ninf;
   for (std::int64_t j = 0; j < n; ++j) m = std::max(m, v[j]);

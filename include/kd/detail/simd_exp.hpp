@@ -3,7 +3,7 @@
 //
 //   kd::detail::simd::exp<Arch>(xsimd::batch<float, Arch> x) -> batch<float, Arch>
 //
-// Accuracy (tests/test_simd_exp.cpp measures it against std::exp over the whole float range): at most 2 ulp (most
+// Accuracy (measured against std::exp over the whole float range, docs/simd.md): at most 2 ulp (most
 // results within 1 ulp), subnormal results scaled with one rounding, exp(-inf) == 0 exactly, exp(x) == 0 for x <
 // -103.97, exp(+inf) == +inf, exp(x) == +inf for x > 88.7228, NaN -> NaN. Method: x = k ln2 + r with |r| <= ln2/2
 // (Cody-Waite, two-constant ln2), exp(r) by a degree-5 polynomial fitted for minimal relative error (1.05e-7, about 0.9

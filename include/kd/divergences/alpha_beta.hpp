@@ -111,7 +111,7 @@ struct alpha_beta {
   static constexpr endpoint_rule endpoints[2] = {{1.0, 0.0, "forward_kl"}, {0.0, 1.0, "reverse_kl"}};
   static constexpr bool x_is_student = false;
   using functor = rm::alpha_beta_row;
-  static constexpr functor make(double alpha, double beta) noexcept {
+  static KD_HD constexpr functor make(double alpha, double beta) noexcept {
     functor f;
     f.a = alpha;
     f.b = beta;

@@ -61,7 +61,7 @@ struct jsd {
   static constexpr endpoint_rule endpoints[2] = {{0.0, any_value, "forward_kl"}, {1.0, any_value, "reverse_kl"}};
   static constexpr bool x_is_student = false;
   using functor = rm::jsd_row;
-  static functor make(double beta, double) noexcept {
+  static KD_HD functor make(double beta, double) noexcept {
     functor f;
     f.beta = beta;
     f.log_b = std::log(beta);

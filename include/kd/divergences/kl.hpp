@@ -83,7 +83,7 @@ struct forward_kl {
   static constexpr endpoint_rule endpoints[1] = {};
   static constexpr bool x_is_student = false;
   using functor = rm::kl_row;
-  static constexpr functor make(double, double) noexcept { return {}; }
+  static KD_HD constexpr functor make(double, double) noexcept { return {}; }
 };
 
 struct reverse_kl {
@@ -96,7 +96,7 @@ struct reverse_kl {
   static constexpr endpoint_rule endpoints[1] = {};
   static constexpr bool x_is_student = true;
   using functor = rm::kl_row;
-  static constexpr functor make(double, double) noexcept { return {}; }
+  static KD_HD constexpr functor make(double, double) noexcept { return {}; }
 };
 
 }  // namespace divergences

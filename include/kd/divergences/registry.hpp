@@ -30,7 +30,8 @@
   X(tvd, divergences::tvd)                       \
   X(alpha_beta, divergences::alpha_beta)
 
-KD_BEGIN_NAMESPACE
+// The value types below appear in kd::dispatch's signatures: ISA-free namespace (kd/version.hpp, docs/simd.md).
+KD_BEGIN_ISA_FREE_NAMESPACE
 
 #define KD_DIVERGENCE_ENUM_(kind, entry) kind,
 enum class divergence_kind : int { KD_DIVERGENCES(KD_DIVERGENCE_ENUM_) };
@@ -57,6 +58,9 @@ struct divergence {
   static constexpr divergence tvd() noexcept { return {divergence_kind::tvd, 0.0, 0.0}; }
   static constexpr divergence of(divergence_kind k, double p0 = 0.0, double p1 = 0.0) noexcept { return {k, p0, p1}; }
 };
+
+KD_END_ISA_FREE_NAMESPACE
+KD_BEGIN_NAMESPACE
 
 // Calls f(Entry{}) for d's kind and returns its result; `unknown` when the kind is not registered (validation rejects
 // such values before any driver runs: the switch has no default).

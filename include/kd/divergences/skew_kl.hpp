@@ -54,7 +54,7 @@ struct skew_row {
   }
 };
 
-inline skew_row make_skew(double alpha) noexcept {
+KD_HD inline skew_row make_skew(double alpha) noexcept {
   skew_row f;
   f.a = alpha;
   f.log_a = std::log(alpha);
@@ -80,7 +80,7 @@ struct skew_kl {
   static constexpr endpoint_rule endpoints[1] = {{0.0, any_value, "forward_kl"}};
   static constexpr bool x_is_student = false;
   using functor = rm::skew_row;
-  static functor make(double alpha, double) noexcept { return rm::make_skew(alpha); }
+  static KD_HD functor make(double alpha, double) noexcept { return rm::make_skew(alpha); }
 };
 
 struct skew_reverse_kl {
@@ -93,7 +93,7 @@ struct skew_reverse_kl {
   static constexpr endpoint_rule endpoints[1] = {{0.0, any_value, "reverse_kl"}};
   static constexpr bool x_is_student = true;
   using functor = rm::skew_row;
-  static functor make(double alpha, double) noexcept { return rm::make_skew(alpha); }
+  static KD_HD functor make(double alpha, double) noexcept { return rm::make_skew(alpha); }
 };
 
 }  // namespace divergences

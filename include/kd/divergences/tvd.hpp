@@ -52,7 +52,7 @@ struct tvd {
   static constexpr endpoint_rule endpoints[1] = {};
   static constexpr bool x_is_student = false;
   using functor = rm::tvd_row;
-  static constexpr functor make(double, double) noexcept { return {}; }
+  static KD_HD constexpr functor make(double, double) noexcept { return {}; }
 };
 
 }  // namespace divergences
