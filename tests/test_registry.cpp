@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -115,10 +116,22 @@ TEST_CASE("registry: the reference backend agrees with the frozen original loops
         for (auto& g : gq) g /= T;
         for (auto& g : gp) g /= T;
         const double mq = max_abs(gq), mp = max_abs(gp);
-        for (std::int64_t j = 0; j < cols; ++j) {
-          CHECK(std::abs(o.gs[j] - gq[j]) <= 1e-14 * mq);
-          CHECK(std::abs(o.gt[j] - gp[j]) <= 1e-14 * mp);
-        }
+        double worst = 0.0;
+        for (std::int64_t j = 0; j < cols; ++j)
+          worst = std::max({worst, std::abs(o.gs[j] - gq[j]) / mq, std::abs(o.gt[j] - gp[j]) / mp});
+        // The mixture divergences (jsd, skew) now form log m relative to the larger side (row_math.hpp log_mix, accurate
+        // for a confident row's top token); the frozen loops' logaddexp(log a + lx, log(1 - a) + ly) rounds with
+        // 2^-53 (|lx| + |log a|) per entry instead. That difference, a few of those roundings over the largest gradient
+        // entry, is the bound for them; the others must agree to 1e-14.
+        const bool mixture = d.kind == kd::divergence_kind::jsd || d.kind == kd::divergence_kind::skew_kl ||
+                             d.kind == kd::divergence_kind::skew_reverse_kl;
+        double ymax = 0.0;
+        for (double v : lq) ymax = std::max(ymax, std::isfinite(v) ? std::abs(v) : 0.0);
+        for (double v : lp) ymax = std::max(ymax, std::isfinite(v) ? std::abs(v) : 0.0);
+        const double a = std::min(d.param, 1.0 - d.param);
+        const double tol = mixture ? std::max(1e-14, 8.0 * 0x1p-53 * (ymax + std::abs(std::log(a))) / std::min(mq, mp)) : 1e-14;
+        INFO("worst " << worst << " tolerance " << tol);
+        CHECK(worst <= tol);
         ++compared;
       }
   }

@@ -11,6 +11,7 @@
 // Fully masked rows (a side whose entries are all -inf) are found by the row kernels in pass 1, not by a pre-scan: when
 // they change the denominator (reduction::mean) and gradients are wanted, the rows are computed a second time with the
 // corrected scale. Mark such rows with ignore_index (or weight 0) to avoid that second pass.
+// Per-row values of valid rows are clamped at 0 (every registered divergence is >= 0; docs/numerics.md).
 // Precondition: arguments validated (kd::divergence_loss does it).
 #pragma once
 
@@ -93,7 +94,11 @@ void process_rows(const call<S, P, G>& c, std::int64_t begin, std::int64_t end) 
             fill_row(gt, n, 0.0);
             continue;
           }
-          c.row_loss[r] = res.loss * w * c.loss_scale;
+          // Every registered divergence is >= 0: a valid row's value is clamped at 0 (float rounding of near-identical rows
+          // gives values like -1e-8; the unclamped kernels' accuracy is tested in tests/test_simd_dominant.cpp). Errors keep
+          // their NaN / +inf.
+          const double l = res.error == row_error::none && res.loss < 0.0 ? 0.0 : res.loss;
+          c.row_loss[r] = l * w * c.loss_scale;
           if (res.error != row_error::none) {
             c.row_value[r] = res.value;
             fill_row(gs, n, std::numeric_limits<double>::quiet_NaN());

@@ -24,6 +24,18 @@ inline double logaddexp(double a, double b) noexcept {
   return m + std::log1p(std::exp(-std::abs(a - b)));
 }
 
+// log sum_j exp(v_j - m) for the row maximum m (finite): the entries at m are counted apart from the tail, so the
+// result keeps the tail's relative precision when one entry dominates (log(cnt) + log1p(tail / cnt); see
+// detail/row_io.hpp split_sum).
+inline double log_sum_exp_rel(const double* v, std::int64_t n, double m) noexcept {
+  double cnt = 0.0, tail = 0.0;
+  for (std::int64_t j = 0; j < n; ++j) {
+    if (v[j] == m) cnt += 1.0;
+    else tail += std::exp(v[j] - m);
+  }
+  return std::log(cnt) + std::log1p(tail / cnt);
+}
+
 // log-sum-exp of v[0..n): -inf for an all -inf row; NaN/+inf propagate (the caller reports them).
 inline double log_sum_exp(const double* v, std::int64_t n) noexcept {
   double m = ninf;
@@ -35,20 +47,16 @@ inline double log_sum_exp(const double* v, std::int64_t n) noexcept {
   if (nan) return std::numeric_limits<double>::quiet_NaN();
   if (m == ninf) return ninf;
   if (m == pinf) return pinf;
-  double s = 0.0;
-  for (std::int64_t j = 0; j < n; ++j) s += std::exp(v[j] - m);
-  return m + std::log(s);
+  return m + log_sum_exp_rel(v, n, m);
 }
 
 // v -= logsumexp(v) as (v - max) - log(sum exp(v - max)), for a row whose log-sum-exp is finite. Subtracting the max first
 // keeps the row normalized when |v| >> 2^53 log(n): v - (max + log s) would round log s away (a double row of -1e39
-// came out with sum exp = n; docs/numerics.md).
+// came out with sum exp = n; tests/test_bad_inputs.cpp).
 inline void normalize_log(double* v, std::int64_t n) noexcept {
   double m = ninf;
   for (std::int64_t j = 0; j < n; ++j) m = std::max(m, v[j]);
-  double s = 0.0;
-  for (std::int64_t j = 0; j < n; ++j) s += std::exp(v[j] - m);
-  const double log_s = std::log(s);
+  const double log_s = log_sum_exp_rel(v, n, m);
   for (std::int64_t j = 0; j < n; ++j) v[j] = (v[j] - m) - log_s;
 }
 

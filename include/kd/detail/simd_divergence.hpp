@@ -81,8 +81,10 @@ inline bool online_row(bool x_is_student, const row_io<S, P, G>& io, const row_p
   const b it(inv_t);
   alignas(64) float bs[chunk], bt[chunk];
   float ms = ninf, mt = ninf;
-  // ss, st: sum exp(y - M) per side; dd: the functor's online sum, all w.r.t. the current maxes.
-  double ss = 0.0, st = 0.0, dd = 0.0;
+  // ss, st: sum exp(y - M) per side (entries at the max counted apart, split_sum); dd: the functor's online sum, all
+  // w.r.t. the current maxes.
+  split_sum ss, st;
+  double dd = 0.0;
   // Pass A: online max / sum-exp of both rows plus D, chunk by chunk.
   for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
     const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
@@ -94,25 +96,40 @@ inline bool online_row(bool x_is_student, const row_io<S, P, G>& io, const row_p
     const float ns = cms > ms ? cms : ms, nt = cmt > mt ? cmt : mt;
     if (ns != ms || nt != mt) {
       const double fs = std::exp(static_cast<double>(ms) - ns), ft = std::exp(static_cast<double>(mt) - nt);
-      const double sx = x_is_student ? ss : st;
+      const double sx = x_is_student ? ss.total() : st.total();
       if (sx > 0.0) {  // re-base D: shift = (M_x' - M_x) - (M_y' - M_y)
         const double shift =
             x_is_student ? (double(ns) - ms) - (double(nt) - mt) : (double(nt) - mt) - (double(ns) - ms);
         dd = F::online_rebase(dd, sx, shift, x_is_student ? fs : ft);
       }
-      ss *= fs;
-      st *= ft;
+      if (ns != ms) ss.rescale(fs);
+      if (nt != mt) st.rescale(ft);
       ms = ns;
       mt = nt;
     }
     const b mbs(ms), mbt(mt);
-    b as(0.0f), at(0.0f), ad(0.0f);
+    // The chunk that holds a running maximum counts the entries AT the maximum apart from the tail (split_sum): its
+    // top lane would otherwise add exp(0) = 1 and absorb every tail term below 2^-24 of a confident row.
+    const bool hot = cms == ms || cmt == mt;
+    const b zero(0.0f), one(1.0f);
+    b as(0.0f), at(0.0f), ad(0.0f), ns_(0.0f), nt_(0.0f);
+    auto add = [&](const b& us, const b& ut, const b& es, const b& et, const xsimd::batch_bool<float, A>& valid) {
+      if (hot) {
+        const auto zs_ = us == zero, zt_ = ut == zero;
+        as += xsimd::select(zs_, zero, es);
+        at += xsimd::select(zt_, zero, et);
+        ns_ += xsimd::select(zs_ && valid, one, zero);
+        nt_ += xsimd::select(zt_ && valid, one, zero);
+      } else {
+        as += es;
+        at += et;
+      }
+    };
     std::int64_t j = 0;
     for (; j + width<A> <= len; j += width<A>) {
       const b us = xsimd::fms(b::load_unaligned(cs + j), it, mbs), ut = xsimd::fms(b::load_unaligned(ct + j), it, mbt);
       const b es = exp_nonpos<A>(us), et = exp_nonpos<A>(ut);
-      as += es;
-      at += et;
+      add(us, ut, es, et, xsimd::batch_bool<float, A>(true));
       ad = x_is_student ? F::online_term(es, us, ut, ad) : F::online_term(et, ut, us, ad);
     }
     if (j < len) {  // tail: pad with 0 (finite), mask the contributions
@@ -120,23 +137,27 @@ inline bool online_row(bool x_is_student, const row_io<S, P, G>& io, const row_p
       const b us = xsimd::fms(load_padded<A>(cs, j, len, 0.0f), it, mbs);
       const b ut = xsimd::fms(load_padded<A>(ct, j, len, 0.0f), it, mbt);
       const b es = xsimd::select(m, exp_nonpos<A>(us), b(0.0f)), et = xsimd::select(m, exp_nonpos<A>(ut), b(0.0f));
-      as += es;
-      at += et;
+      add(us, ut, es, et, m);
       ad = x_is_student ? F::online_term(es, us, ut, ad) : F::online_term(et, ut, us, ad);
     }
-    ss += hsum<A>(as);
-    st += hsum<A>(at);
+    ss.tail += hsum<A>(as);
+    st.tail += hsum<A>(at);
+    if (hot) {
+      ss.cnt += hsum<A>(ns_);
+      st.cnt += hsum<A>(nt_);
+    }
     dd += hsum<A>(ad);
   }
-  if (!(std::isfinite(ss) && std::isfinite(st) && std::isfinite(dd))) return false;
-  const double lns = std::log(ss), lnt = std::log(st);
+  if (!(std::isfinite(ss.total()) && std::isfinite(st.total()) && std::isfinite(dd))) return false;
+  const double lns = ss.log(), lnt = st.log();
   const double lse_s = ms + lns, lse_t = mt + lnt;
   const row_result chk = check_pass1(lse_s, lse_t, false, false, rp);
   if (chk.error != row_error::none) {
     res = chk;
     return true;
   }
-  const double loss = x_is_student ? F::online_loss(dd, ss, lns, lnt) : F::online_loss(dd, st, lnt, lns);
+  const double loss =
+      x_is_student ? F::online_loss(dd, ss.total(), lns, lnt) : F::online_loss(dd, st.total(), lnt, lns);
   res.loss = loss;
   res.error = row_error::none;
   if (!io.gs && !io.gt) return true;
@@ -153,17 +174,45 @@ inline bool online_row(bool x_is_student, const row_io<S, P, G>& io, const row_p
     ogt.dst = io.gt ? io.gt + j0 : nullptr;
     float* gs = io.gs ? ogs.target() : nullptr;
     float* gt = io.gt ? ogt.target() : nullptr;
+    // Lanes whose probabilities are near 1 (a confident row's top token: at most a few per row) are recomputed in
+    // double from the double log-sum-exps: there the gradient is a difference of tails (~V e^-gap) that the float32
+    // rounding of log S (2^-24 log S) would dominate.
+    const double cd = static_cast<float>(rp.c), kd_ = static_cast<float>(loss);
     auto body = [&](std::int64_t j, const b& zs, const b& zt, auto store) {
-      const b lq = xsimd::fms(zs, it, mbs) - ls, lp = xsimd::fms(zt, it, mbt) - lt;
+      const b us = xsimd::fms(zs, it, mbs), ut = xsimd::fms(zt, it, mbt);
+      const b lq = us - ls, lp = ut - lt;
+      b gq, gp;
       if (x_is_student) {  // x = q: gq = grad_x, gp = grad_y
         const b q = exp_nonpos<A>(lq);
-        if (gs) store(gs, j, F::online_grad_x(cb, q, lq, lp, kb));
-        if (gt) store(gt, j, F::online_grad_y(cb, q, exp_nonpos<A>(lp)));
+        if (gs) gq = F::online_grad_x(cb, q, lq, lp, kb);
+        if (gt) gp = F::online_grad_y(cb, lq, lp, q, exp_nonpos<A>(lp));
       } else {  // x = p: gq = grad_y, gp = grad_x
         const b p = exp_nonpos<A>(lp);
-        if (gs) store(gs, j, F::online_grad_y(cb, p, exp_nonpos<A>(lq)));
-        if (gt) store(gt, j, F::online_grad_x(cb, p, lp, lq, kb));
+        if (gs) gq = F::online_grad_y(cb, lp, lq, p, exp_nonpos<A>(lq));
+        if (gt) gp = F::online_grad_x(cb, p, lp, lq, kb);
       }
+      const auto near1 = xsimd::max(lq, lp) > b(-0.7f);
+      if (xsimd::any(near1)) {
+        alignas(64) float a_us[fbatch<A>::size], a_ut[fbatch<A>::size], a_gq[fbatch<A>::size], a_gp[fbatch<A>::size],
+            a_n[fbatch<A>::size];
+        us.store_aligned(a_us);
+        ut.store_aligned(a_ut);
+        if (gs) gq.store_aligned(a_gq);
+        if (gt) gp.store_aligned(a_gp);
+        xsimd::select(near1, b(1.0f), b(0.0f)).store_aligned(a_n);
+        for (std::size_t i = 0; i < fbatch<A>::size; ++i) {
+          if (a_n[i] == 0.0f) continue;
+          const double lqd = a_us[i] - lns, lpd = a_ut[i] - lnt, q = std::exp(lqd), p = std::exp(lpd);
+          const double dq = x_is_student ? F::online_grad_x(cd, q, lqd, lpd, kd_) : F::online_grad_y(cd, lpd, lqd, p, q);
+          const double dp = x_is_student ? F::online_grad_y(cd, lqd, lpd, q, p) : F::online_grad_x(cd, p, lpd, lqd, kd_);
+          a_gq[i] = static_cast<float>(dq);
+          a_gp[i] = static_cast<float>(dp);
+        }
+        if (gs) gq = b::load_aligned(a_gq);
+        if (gt) gp = b::load_aligned(a_gp);
+      }
+      if (gs) store(gs, j, gq);
+      if (gt) store(gt, j, gp);
     };
     std::int64_t j = 0;
     for (; j + width<A> <= len; j += width<A>)
@@ -194,8 +243,8 @@ inline void careful_row(F kern, bool x_is_student, const row_io<S, P, G>& io, co
   if (res.error != row_error::none) return;
 
   // Log-probabilities as (y - M) - log S (see online_row for why).
-  const b it(inv_t), ms(st_s.max), mt(st_t.max), ls(static_cast<float>(std::log(st_s.sum))),
-      lt(static_cast<float>(std::log(st_t.sum)));
+  const b it(inv_t), ms(st_s.max), mt(st_t.max), ls(static_cast<float>(st_s.sum.log())),
+      lt(static_cast<float>(st_t.sum.log()));
   const float ninff = -std::numeric_limits<float>::infinity();
   alignas(64) float bs[chunk], bt[chunk];
   // x / y log-probs of the batch at j of the current chunk (tail lanes padded with -inf: they contribute 0).
@@ -214,15 +263,23 @@ inline void careful_row(F kern, bool x_is_student, const row_io<S, P, G>& io, co
     const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
     const float* cs = load_chunk<A>(io.zs + j0, len, bs);
     const float* ct = load_chunk<A>(io.zt + j0, len, bt);
-    b acc[k];
-    for (int i = 0; i < k; ++i) acc[i] = b(0.0f);
+    b acc[k], sum[k], comp[k];
+    for (int i = 0; i < k; ++i) sum[i] = comp[i] = b(0.0f);
     xsimd::batch_bool<float, A> mm(false);
+    // The chunk that holds either row's maximum accumulates with compensation (kahan_add; see online_row).
+    const bool hot = j0 / chunk == st_s.max_chunk || j0 / chunk == st_t.max_chunk;
     for (std::int64_t j = 0; j < len; j += width<A>) {
       b lx, ly;
       logp(cs, ct, j, len, lx, ly);
-      kern.accumulate(lx, ly, acc, mm);
+      if (hot) {
+        for (int i = 0; i < k; ++i) acc[i] = b(0.0f);
+        kern.accumulate(lx, ly, acc, mm);
+        for (int i = 0; i < k; ++i) kahan_add<A>(sum[i], comp[i], acc[i]);
+      } else {
+        kern.accumulate(lx, ly, sum, mm);
+      }
     }
-    for (int i = 0; i < k; ++i) sums[i] += hsum<A>(acc[i]);
+    for (int i = 0; i < k; ++i) sums[i] += hsum<A>(sum[i]) + hsum<A>(comp[i]);
     if (xsimd::any(mm)) mismatch = true;
   }
   kern.finish(sums, mismatch);

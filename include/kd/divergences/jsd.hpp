@@ -1,7 +1,7 @@
 // Generalized Jensen-Shannon divergence, GKD (Agarwal et al., arXiv 2306.13649) Eq. 1:
 //   jsd(beta) = beta KL(p || m) + (1 - beta) KL(q || m),   m = beta p + (1 - beta) q,   beta in [0, 1], nats.
 // beta = 0 is forward KL and beta = 1 reverse KL exactly (endpoint rules: defined, not a limit). The mixture is formed
-// in log space (logaddexp), exact where log p == log q. Written in (x, y) form with x = p, y = q, b = beta:
+// in log space relative to the larger side (row_math.hpp log_mix), exact where log p == log q. Written in (x, y) form with x = p, y = q, b = beta:
 //   dJ/dz_y = (1 - b) y_j (u_j - sum_i y_i u_i), u = ly - lm;   dJ/dz_x = b x_j (w_j - sum_i x_i w_i), w = lx - lm.
 #pragma once
 
@@ -21,7 +21,7 @@ struct jsd_row {
   template <class V>
   KD_ROW_INLINE V mix(const V& lx, const V& ly) const noexcept {
     using S = scalar_t<V>;
-    return log_mix(lx, ly, V(static_cast<S>(log_b)), V(static_cast<S>(log_1mb)));
+    return log_mix(lx, ly, V(static_cast<S>(beta)), V(static_cast<S>(1.0 - beta)));
   }
   template <class V>
   KD_ROW_INLINE void accumulate(const V& lx, const V& ly, V* acc, mask_t<V>&) const noexcept {

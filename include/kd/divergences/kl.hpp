@@ -38,7 +38,7 @@ struct kl_row {
     using M = ops<V>;
     using S = scalar_t<V>;
     const V x = M::exp_nonpos(lx), y = M::exp_nonpos(ly);
-    gy = y - x;
+    gy = exp_diff(ly, lx, y, x);
     gx = M::select(M::is_ninf(lx), V(S(0)), x * ((lx - ly) - V(static_cast<S>(loss))));
   }
 
@@ -58,14 +58,15 @@ struct kl_row {
   static KD_HD double online_loss(double d, double sx, double log_sx, double log_sy) noexcept {
     return d / sx - log_sx + log_sy;
   }
-  // Scaled gradients of the online path from log-probabilities lx, ly and x = exp(lx): c x (lx - ly - KL), c (y - x).
+  // Scaled gradients of the online path from log-probabilities lx, ly, x = exp(lx), y = exp(ly): c x (lx - ly - KL),
+  // c (y - x) (exp_diff: accurate where both are near 1).
   template <class V>
   static KD_ROW_INLINE V online_grad_x(const V& c, const V& x, const V& lx, const V& ly, const V& kl) noexcept {
     return c * x * ((lx - ly) - kl);
   }
   template <class V>
-  static KD_ROW_INLINE V online_grad_y(const V& c, const V& x, const V& y) noexcept {
-    return c * (y - x);
+  static KD_ROW_INLINE V online_grad_y(const V& c, const V& lx, const V& ly, const V& x, const V& y) noexcept {
+    return c * exp_diff(ly, lx, y, x);
   }
 };
 

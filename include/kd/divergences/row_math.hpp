@@ -55,6 +55,7 @@ struct scalar_ops {
   static KD_ROW_INLINE S exp_nonpos(S x) noexcept { return std::exp(x); }
   static KD_ROW_INLINE S expm1(S x) noexcept { return std::expm1(x); }
   static KD_ROW_INLINE S log1p(S x) noexcept { return std::log1p(x); }
+  static KD_ROW_INLINE S log(S x) noexcept { return std::log(x); }
   static KD_ROW_INLINE S abs(S x) noexcept { return std::fabs(x); }
   static KD_ROW_INLINE S max(S a, S b) noexcept { return a > b ? a : b; }
   static KD_ROW_INLINE S fma(S a, S b, S c) noexcept { return a * b + c; }
@@ -76,15 +77,36 @@ using scalar_t = typename ops<V>::scalar;
 template <class V>
 using mask_t = typename ops<V>::mask;
 
-// log m for the mixture m = a x + (1 - a) y in log space (logaddexp of log a + lx and log(1 - a) + ly), exact (= lx)
-// where lx == ly, both -inf included. log_a = log a, log_1ma = log(1 - a), a in (0, 1).
+// log m for the mixture m = a x + (1 - a) y, a in (0, 1), from lx = log x and ly = log y, relative to the larger:
+//   lx >= ly:  log m = lx + log1p((1 - a) expm1(ly - lx)),   else  log m = ly + log1p(a expm1(lx - ly)).
+// lx - log m is then accurate to rounding of itself even where x and y are both near 1 (a confident row's top token;
+// logaddexp(log a + lx, log(1 - a) + ly) would round lx away against log a). Exact (= lx) where lx == ly, both -inf
+// included; a -inf side gives log of the other side's weight. one_minus_a = 1 - a.
 template <class V>
-KD_ROW_INLINE V log_mix(const V& lx, const V& ly, const V& log_a, const V& log_1ma) noexcept {
+KD_ROW_INLINE V log_mix(const V& lx, const V& ly, const V& a, const V& one_minus_a) noexcept {
   using M = ops<V>;
-  const V u = lx + log_a, v = ly + log_1ma;
-  const V m = M::max(u, v);
-  const V r = m + M::log1p(M::exp_nonpos(-M::abs(u - v)));
+  const auto x_hi = lx >= ly;
+  const V hi = M::select(x_hi, lx, ly), lo = M::select(x_hi, ly, lx), w = M::select(x_hi, one_minus_a, a);
+  const V wh = M::select(x_hi, a, one_minus_a);
+  // log(wh + w e^(lo - hi)) = log1p(w expm1(lo - hi)): near lo = hi the log1p form, else (the hi side's weight
+  // dominates, e.g. a tiny a) the direct log of a sum of positives, which cannot cancel.
+  const V t = w * M::expm1(lo - hi);
+  using S = scalar_t<V>;
+  const V r = hi + M::select(t > V(S(-0.5)), M::log1p(t), M::log(wh + w * M::exp_nonpos(lo - hi)));
   return M::select(lx == ly, lx, r);
+}
+
+// exp(a) - exp(b) given ea = exp(a), eb = exp(b) (a, b <= 0: log-probabilities). Where both probabilities are near 1
+// (a confident row's top token) ea - eb cancels to the rounding of each, up to 2^-24 absolute in float32; there it is
+// formed as expm1(a) - expm1(b), accurate to rounding of the difference. Only lanes with max(a, b) > -0.7 take that form
+// (at most two entries of a row), and a batch without such a lane pays one compare.
+template <class V>
+KD_ROW_INLINE V exp_diff(const V& a, const V& b, const V& ea, const V& eb) noexcept {
+  using M = ops<V>;
+  using S = scalar_t<V>;
+  const auto near1 = M::max(a, b) > V(S(-0.7));
+  if (!M::any(near1)) return ea - eb;
+  return M::select(near1, M::expm1(a) - M::expm1(b), ea - eb);
 }
 
 // sign(v) in {-1, 0, 1}.

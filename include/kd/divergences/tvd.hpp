@@ -1,6 +1,7 @@
 // Total variation distance TVD(p, q) = (1/2) sum_i |p_i - q_i| (a probability in [0, 1]); p = teacher, q = student.
 // Written in (x, y) form with x = p, y = q (symmetric):
 //   dTV/dz_y = (1/2) y_j (s_j - sum_i y_i s_i), s = sign(y - x), sign(0) = 0;   likewise for x with sign(x - y).
+// |x - y| by exp_diff (accurate where both are near 1).
 #pragma once
 
 #include "entry.hpp"
@@ -18,7 +19,7 @@ struct tvd_row {
     using M = ops<V>;
     const V x = M::exp_nonpos(lx), y = M::exp_nonpos(ly);
     const V s = sign(y - x);
-    acc[0] += M::abs(x - y);
+    acc[0] += M::abs(exp_diff(lx, ly, x, y));
     acc[1] += y * s;
     acc[2] -= x * s;  // x sign(x - y)
   }
