@@ -174,10 +174,6 @@ inline bool online_row(bool x_is_student, const row_io<S, P, G>& io, const row_p
     ogt.dst = io.gt ? io.gt + j0 : nullptr;
     float* gs = io.gs ? ogs.target() : nullptr;
     float* gt = io.gt ? ogt.target() : nullptr;
-    // Lanes whose probabilities are near 1 (a confident row's top token: at most a few per row) are recomputed in
-    // double from the double log-sum-exps: there the gradient is a difference of tails (~V e^-gap) that the float32
-    // rounding of log S (2^-24 log S) would dominate.
-    const double cd = static_cast<float>(rp.c), kd_ = static_cast<float>(loss);
     auto body = [&](std::int64_t j, const b& zs, const b& zt, auto store) {
       const b us = xsimd::fms(zs, it, mbs), ut = xsimd::fms(zt, it, mbt);
       const b lq = us - ls, lp = ut - lt;
@@ -190,26 +186,6 @@ inline bool online_row(bool x_is_student, const row_io<S, P, G>& io, const row_p
         const b p = exp_nonpos<A>(lp);
         if (gs) gq = F::online_grad_y(cb, lp, lq, p, exp_nonpos<A>(lq));
         if (gt) gp = F::online_grad_x(cb, p, lp, lq, kb);
-      }
-      const auto near1 = xsimd::max(lq, lp) > b(-0.7f);
-      if (xsimd::any(near1)) {
-        alignas(64) float a_us[fbatch<A>::size], a_ut[fbatch<A>::size], a_gq[fbatch<A>::size], a_gp[fbatch<A>::size],
-            a_n[fbatch<A>::size];
-        us.store_aligned(a_us);
-        ut.store_aligned(a_ut);
-        if (gs) gq.store_aligned(a_gq);
-        if (gt) gp.store_aligned(a_gp);
-        xsimd::select(near1, b(1.0f), b(0.0f)).store_aligned(a_n);
-        for (std::size_t i = 0; i < fbatch<A>::size; ++i) {
-          if (a_n[i] == 0.0f) continue;
-          const double lqd = a_us[i] - lns, lpd = a_ut[i] - lnt, q = std::exp(lqd), p = std::exp(lpd);
-          const double dq = x_is_student ? F::online_grad_x(cd, q, lqd, lpd, kd_) : F::online_grad_y(cd, lpd, lqd, p, q);
-          const double dp = x_is_student ? F::online_grad_y(cd, lqd, lpd, q, p) : F::online_grad_x(cd, p, lpd, lqd, kd_);
-          a_gq[i] = static_cast<float>(dq);
-          a_gp[i] = static_cast<float>(dp);
-        }
-        if (gs) gq = b::load_aligned(a_gq);
-        if (gt) gp = b::load_aligned(a_gp);
       }
       if (gs) store(gs, j, gq);
       if (gt) store(gt, j, gp);
