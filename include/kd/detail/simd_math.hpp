@@ -22,7 +22,6 @@ struct ops<xsimd::batch<float, A>> {
   static KD_SIMD_INLINE value exp_nonpos(const value& x) noexcept { return detail::simd::exp_nonpos<A>(x); }
   static KD_SIMD_INLINE value expm1(const value& x) noexcept { return xsimd::expm1(x); }
   static KD_SIMD_INLINE value log1p(const value& x) noexcept { return xsimd::log1p(x); }
-  static KD_SIMD_INLINE value log(const value& x) noexcept { return xsimd::log(x); }
   static KD_SIMD_INLINE value abs(const value& x) noexcept { return xsimd::abs(x); }
   static KD_SIMD_INLINE value max(const value& a, const value& b) noexcept { return xsimd::max(a, b); }
   static KD_SIMD_INLINE value fma(const value& a, const value& b, const value& c) noexcept { return xsimd::fma(a, b, c); }

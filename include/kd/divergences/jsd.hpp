@@ -21,7 +21,8 @@ struct jsd_row {
   template <class V>
   KD_ROW_INLINE V mix(const V& lx, const V& ly) const noexcept {
     using S = scalar_t<V>;
-    return log_mix(lx, ly, V(static_cast<S>(beta)), V(static_cast<S>(1.0 - beta)));
+    return log_mix(lx, ly, V(static_cast<S>(beta)), V(static_cast<S>(1.0 - beta)), V(static_cast<S>(log_b)),
+                   V(static_cast<S>(log_1mb)));
   }
   template <class V>
   KD_ROW_INLINE void accumulate(const V& lx, const V& ly, V* acc, mask_t<V>&) const noexcept {

@@ -55,7 +55,6 @@ struct scalar_ops {
   static KD_ROW_INLINE S exp_nonpos(S x) noexcept { return std::exp(x); }
   static KD_ROW_INLINE S expm1(S x) noexcept { return std::expm1(x); }
   static KD_ROW_INLINE S log1p(S x) noexcept { return std::log1p(x); }
-  static KD_ROW_INLINE S log(S x) noexcept { return std::log(x); }
   static KD_ROW_INLINE S abs(S x) noexcept { return std::fabs(x); }
   static KD_ROW_INLINE S max(S a, S b) noexcept { return a > b ? a : b; }
   static KD_ROW_INLINE S fma(S a, S b, S c) noexcept { return a * b + c; }
@@ -83,16 +82,19 @@ using mask_t = typename ops<V>::mask;
 // logaddexp(log a + lx, log(1 - a) + ly) would round lx away against log a). Exact (= lx) where lx == ly, both -inf
 // included; a -inf side gives log of the other side's weight. one_minus_a = 1 - a.
 template <class V>
-KD_ROW_INLINE V log_mix(const V& lx, const V& ly, const V& a, const V& one_minus_a) noexcept {
+KD_ROW_INLINE V log_mix(const V& lx, const V& ly, const V& a, const V& one_minus_a, const V& log_a,
+                        const V& log_1ma) noexcept {
   using M = ops<V>;
+  using S = scalar_t<V>;
   const auto x_hi = lx >= ly;
   const V hi = M::select(x_hi, lx, ly), lo = M::select(x_hi, ly, lx), w = M::select(x_hi, one_minus_a, a);
-  const V wh = M::select(x_hi, a, one_minus_a);
-  // log(wh + w e^(lo - hi)) = log1p(w expm1(lo - hi)): near lo = hi the log1p form, else (the hi side's weight
-  // dominates, e.g. a tiny a) the direct log of a sum of positives, which cannot cancel.
+  const V log_wh = M::select(x_hi, log_a, log_1ma), log_w = M::select(x_hi, log_1ma, log_a);
+  // log(wh + w e^(lo - hi)): near lo = hi as log1p(w expm1(lo - hi)); elsewhere (the hi side's weight dominates, e.g.
+  // a tiny a) as logaddexp(log wh, log w + lo - hi), a sum of positives that cannot cancel.
   const V t = w * M::expm1(lo - hi);
-  using S = scalar_t<V>;
-  const V r = hi + M::select(t > V(S(-0.5)), M::log1p(t), M::log(wh + w * M::exp_nonpos(lo - hi)));
+  const V u = log_w + (lo - hi);
+  const V far = M::max(log_wh, u) + M::log1p(M::exp_nonpos(-M::abs(log_wh - u)));
+  const V r = hi + M::select(t > V(S(-0.5)), M::log1p(t), far);
   return M::select(lx == ly, lx, r);
 }
 

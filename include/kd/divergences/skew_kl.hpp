@@ -23,7 +23,8 @@ struct skew_row {
   template <class V>
   KD_ROW_INLINE V mix(const V& lx, const V& ly) const noexcept {
     using S = scalar_t<V>;
-    return log_mix(lx, ly, V(static_cast<S>(a)), V(static_cast<S>(1.0 - a)));
+    return log_mix(lx, ly, V(static_cast<S>(a)), V(static_cast<S>(1.0 - a)), V(static_cast<S>(log_a)),
+                   V(static_cast<S>(log_1ma)));
   }
   template <class V>
   KD_ROW_INLINE void accumulate(const V& lx, const V& ly, V* acc, mask_t<V>&) const noexcept {
