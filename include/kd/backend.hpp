@@ -6,7 +6,8 @@
 //   kd::default_backend      the best backend compiled in: kd::simd_backend<> for the compile-time best instruction set
 //                            (xsimd::default_arch: build with -march=native or -mavx2 -mfma for more than SSE2), all hardware
 //                            threads; the reference backend where xsimd has no instruction set. See docs/performance.md.
-// A backend is any type with a `run_divergence` member template of the signature used in kd/divergence.hpp.
+// A backend is any type with the members of the backend protocol its caller needs (kd/backend/protocol.hpp): every kd
+// operation (divergences, policy gradient, LM loss, softmax family, top-k) takes one as its last argument.
 #pragma once
 
 #include <type_traits>
