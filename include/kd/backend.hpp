@@ -13,11 +13,20 @@
 #include <type_traits>
 
 #include "backend/reference.hpp"
+
+// CUDA translation units (nvcc) get the host backends without xsimd or <thread>: the reference backend, which is then
+// the default (include kd/backend/simd.hpp explicitly for the SIMD backend in host code compiled by nvcc).
+#if !defined(__CUDACC__)
 #include "backend/simd.hpp"
+#endif
 
 KD_BEGIN_NAMESPACE
 
+#if defined(__CUDACC__)
+using default_backend = reference_backend;
+#else
 using default_backend =
     std::conditional_t<std::is_same_v<xsimd::default_arch, xsimd::unavailable>, reference_backend, simd_backend<>>;
+#endif
 
 KD_END_NAMESPACE
