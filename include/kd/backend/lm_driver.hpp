@@ -53,7 +53,7 @@ status run(const Executor& exec, const student_input<S>& student, const label_vi
     if (l.error != row_error::none)
       return make_error(errc::non_finite_input, "student", "a labelled row holds NaN or +inf, or is fully masked",
                         l.value, r);
-    const double lq = (to_double(z.row(r)[y]) * inv_t - l.lse.max) - l.lse.log_sum;
+    const double lq = K::log_prob(z.row(r), y, inv_t, l.lse);
     if (lq == -std::numeric_limits<double>::infinity())
       return make_error(errc::support_mismatch, "labels", "the student gives probability 0 to the label", lq, r);
     sum += -lq;
@@ -76,7 +76,7 @@ status run(const Executor& exec, const student_input<S>& student, const label_vi
         continue;
       }
       const row_lse& l = lse[r].lse;
-      const double qy = std::exp((to_double(z.row(r)[y]) * inv_t - l.max) - l.log_sum);
+      const double qy = std::exp(K::log_prob(z.row(r), y, inv_t, l));
       const double gy = inv_t * scale * (qy - 1.0);
       K::softmax_grad(z.row(r), n, inv_t, l, scale * inv_t, g);
       g[y] = from_double<G>(gy);

@@ -42,12 +42,6 @@
 KD_BEGIN_NAMESPACE
 namespace detail::pg {
 
-// log q_j of a row from its log-sum-exp parts, in double from the input element.
-template <class T>
-inline double log_prob_at(const T* z, std::int64_t j, double inv_t, const row_lse& l) noexcept {
-  return (to_double(z[j]) * inv_t - l.max) - l.log_sum;
-}
-
 // Pass-1 outcome of a row: 0 ok, else the error to report (argument, message) with its value.
 struct pass1_error {
   row_error e = row_error::none;
@@ -117,8 +111,8 @@ status run(const Executor& exec, const student_input<S>& student, const teacher_
         }
         s.kl = e == row_error::support_mismatch ? std::numeric_limits<double>::infinity() : x.res.loss;
         s.lse_t = x.t.value();
-        s.lq_y = log_prob_at(zs.row(r), s.y, inv_t, x.s);
-        s.lp_y = log_prob_at(zt.row(r), s.y, inv_t, x.t);
+        s.lq_y = K::log_prob(zs.row(r), s.y, inv_t, x.s);
+        s.lp_y = K::log_prob(zt.row(r), s.y, inv_t, x.t);
       } else {
         const lse_result l = K::student_lse(zs.row(r), n, inv_t, sc);
         if (l.error != row_error::none) {
@@ -128,7 +122,7 @@ status run(const Executor& exec, const student_input<S>& student, const teacher_
         x.s = l.lse;
       }
       s.lse_s = x.s.value();
-      if (s.y_lm >= 0) s.lq_lm = log_prob_at(zs.row(r), s.y_lm, inv_t, x.s);
+      if (s.y_lm >= 0) s.lq_lm = K::log_prob(zs.row(r), s.y_lm, inv_t, x.s);
     }
   });
   for (std::int64_t r = 0; r < R; ++r) {  // row order: the smallest offending row is reported
@@ -167,13 +161,13 @@ status run(const Executor& exec, const student_input<S>& student, const teacher_
       const bool single = s.c_single != 0.0;
       // The one-hot entries first, in double from the inputs (g may be the student buffer itself).
       const auto entry = [&](std::int64_t j) {
-        const double lq = log_prob_at(z, j, inv_t, x.s), q = std::exp(lq);
+        const double lq = K::log_prob(z, j, inv_t, x.s), q = std::exp(lq);
         double v = s.c_long * ((j == s.y ? 1.0 : 0.0) - q) + s.c_lm * (q - (j == s.y_lm ? 1.0 : 0.0));
         if (single && q > 0.0) {  // the reverse-KL functor's student gradient q_j (log q_j - log p_j - KL)
           F f = E::make(0.0, 0.0);
           f.loss = s.kl;
           double gx, gy;
-          f.grad(lq, log_prob_at(t, j, inv_t, x.t), gx, gy);
+          f.grad(lq, K::log_prob(t, j, inv_t, x.t), gx, gy);
           v += s.c_single * gx;
         }
         return inv_t * v;

@@ -93,6 +93,12 @@ struct row_kernels {
     return check_student_lse(parts, lse, lse == -std::numeric_limits<double>::infinity() && all_ninf(z, n));
   }
 
+  // log q_j of one entry (see simd::row_kernels::log_prob).
+  template <class S>
+  static double log_prob(const S* z, std::int64_t j, double inv_t, const row_lse& lse) noexcept {
+    return (to_double(z[j]) * inv_t - lse.max) - lse.log_sum;
+  }
+
   // g_j = c_q q_j.
   template <class S, class G>
   static void softmax_grad(const S* z, std::int64_t n, double inv_t, const row_lse& lse, double c_q, G* g) noexcept {

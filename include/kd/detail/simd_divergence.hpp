@@ -60,6 +60,28 @@ struct has_online : std::false_type {};
 template <class F>
 struct has_online<F, std::enable_if_t<F::has_online>> : std::true_type {};
 
+// The two forms of a log-ratio u_x - u_y (u = z / T - M, per side) and their float32 error bounds: from the u's,
+// about 2^-24 (|u_x| + |u_y|) (exact near the maxima, where u = 0); from the raw logit difference, (z_x - z_y) / T -
+// (M_x - M_y), about 2^-24 |z_x - z_y| / T (exact where the models' logits agree, at any T). raw_lane picks, per lane,
+// the raw form where its bound is the smaller one.
+template <class A>
+KD_SIMD_INLINE xsimd::batch_bool<float, A> raw_lane(const fbatch<A>& zd, const fbatch<A>& it, const fbatch<A>& us,
+                                                     const fbatch<A>& ut) noexcept {
+  return xsimd::abs(zd) * it < xsimd::abs(us) + xsimd::abs(ut);
+}
+
+// lx - ly - KL of the online gradient pass: (lx - ly) - KL, or with Raw the per-lane choice of raw_lane, the raw form
+// being (z_x - z_y) / T - k with k = (lse_x - lse_y) + KL rounded once (kb); kub = KL.
+template <class A, bool Raw>
+KD_SIMD_INLINE fbatch<A> log_ratio_kl(const fbatch<A>& zd, const fbatch<A>& it, const fbatch<A>& us,
+                                      const fbatch<A>& ut, const fbatch<A>& lratio, const fbatch<A>& kb,
+                                      const fbatch<A>& kub) noexcept {
+  if constexpr (Raw)
+    return xsimd::select(raw_lane<A>(zd, it, us, ut), xsimd::fms(zd, it, kb), lratio - kub);
+  else
+    return lratio - kb;
+}
+
 // -------------------------------------------------------------------------------------------------------------------
 // Online form of a functor F with one (KL(x || y): F::online_*): the statistics pass (pass A) and the gradient pass
 // (pass B). x_is_student selects which side is x. Precision: log-probabilities are formed as (y - M) - log S, never
@@ -109,8 +131,13 @@ inline bool online_stats(bool x_is_student, const row_io<S, P, G>& io, const row
     // (M_x - M_y) (exact where the two models' logits agree, at any T; row_params::raw_log_ratio).
     const b dmb(static_cast<float>(x_is_student ? double(ms) - mt : double(mt) - ms));
     const auto du = [&](const b& zs, const b& zt, const b& us, const b& ut) {
-      if constexpr (Raw) return x_is_student ? xsimd::fms(zs - zt, it, dmb) : xsimd::fms(zt - zs, it, dmb);
-      else return x_is_student ? b(us - ut) : b(ut - us);
+      const b u = x_is_student ? b(us - ut) : b(ut - us);
+      if constexpr (Raw) {
+        const b zd = x_is_student ? b(zs - zt) : b(zt - zs);
+        return xsimd::select(raw_lane<A>(zd, it, us, ut), xsimd::fms(zd, it, dmb), u);
+      } else {
+        return u;
+      }
     };
     // The chunk that holds a running maximum counts the entries AT the maximum apart from the tail (split_sum): its
     // top lane would otherwise add exp(0) = 1 and absorb every tail term below 2^-24 of a confident row.
@@ -179,7 +206,8 @@ inline void online_grad(bool x_is_student, const row_stats<F>& st, const row_io<
   // lx - ly - KL: (lx - ly) - KL, or with Raw (z_x - z_y) / T - k, k = (lse_x - lse_y) + KL from the parts, in double,
   // rounded once.
   const double lse_d = (st.s.max - st.t.max) + (st.s.log_sum - st.t.log_sum);
-  const b kb(static_cast<float>(Raw ? (x_is_student ? lse_d : -lse_d) + st.res.loss : st.res.loss));
+  const b kb(static_cast<float>(Raw ? (x_is_student ? lse_d : -lse_d) + st.res.loss : st.res.loss)),
+      kub(static_cast<float>(st.res.loss));
   grad_sink<A, G> ogs{io.gs, {}}, ogt{io.gt, {}};
   for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
     const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
@@ -196,7 +224,7 @@ inline void online_grad(bool x_is_student, const row_stats<F>& st, const row_io<
       if (x_is_student) {  // x = q: gq = grad_x, gp = grad_y
         const b q = exp_nonpos<A>(lq);
         if (gs) {
-          gq = F::online_grad_x(cb, q, Raw ? xsimd::fms(zs - zt, it, kb) : b((lq - lp) - kb));
+          gq = F::online_grad_x(cb, q, log_ratio_kl<A, Raw>(zs - zt, it, us, ut, lq - lp, kb, kub));
           if constexpr (WithQ) gq = xsimd::fma(cqb, q, gq);
         }
         if (gt) gp = F::online_grad_y(cb, lq, lp, q, exp_nonpos<A>(lp));
@@ -207,7 +235,7 @@ inline void online_grad(bool x_is_student, const row_stats<F>& st, const row_io<
           gq = F::online_grad_y(cb, lp, lq, p, q);
           if constexpr (WithQ) gq = xsimd::fma(cqb, q, gq);
         }
-        if (gt) gp = F::online_grad_x(cb, p, Raw ? xsimd::fms(zt - zs, it, kb) : b((lp - lq) - kb));
+        if (gt) gp = F::online_grad_x(cb, p, log_ratio_kl<A, Raw>(zt - zs, it, us, ut, lp - lq, kb, kub));
       }
       if (gs) store(gs, j, gq);
       if (gt) store(gt, j, gp);
@@ -390,6 +418,17 @@ struct row_kernels {
     const double v = l.value();
     return check_student_lse({static_cast<double>(l.max), l.sum.log()}, v,
                              v == -std::numeric_limits<double>::infinity() && all_ninf(z, n));
+  }
+
+  // log q_j of one entry, in the arithmetic of the kernels above (u = fms(z, 1/T, max) in float32 lanes, then
+  // - log_sum in double), so that a driver's per-entry terms (the policy gradient's one-hot entries, log q(y_t)) agree
+  // with the row's log-sum-exp to rounding: with |z| / T ~ 100 the float32 z / T differs from the exact one by
+  // ~ 2^-24 |z| / T, which would otherwise show as q(y) = 1 + 4e-6 on a confident row.
+  template <class S>
+  static double log_prob(const S* z, std::int64_t j, double inv_t, const row_lse& lse) noexcept {
+    using b = fbatch<A>;
+    const b u = xsimd::fms(b(elem_to_float<A>(z[j])), b(static_cast<float>(inv_t)), b(static_cast<float>(lse.max)));
+    return static_cast<double>(u.get(0)) - lse.log_sum;
   }
 
   // g_j = c_q q_j, q_j = exp((z_j / T - max) - log_sum) (masked entries exactly 0).
