@@ -44,7 +44,10 @@ def _scale_grad(grad, scale, per_row):
     """grad * scale (scale: [] for a scalar loss, the leading shape for per-row losses), in place when eager."""
     if scale is None:
         return None if grad is None else torch.zeros_like(grad)
-    s = scale.to(grad.dtype)
+    # A 16-bit gradient is scaled by a float32 (or float64) factor and rounded once: bf16(g * s), not bf16(g) * bf16(s).
+    s = scale if scale.dtype in (torch.float32, torch.float64) else scale.float()
+    if grad.dtype == torch.float32 and s.dtype == torch.float64:
+        s = s.float()
     if per_row:
         s = s.unsqueeze(-1)
     if _tracing(grad) or _tracing(s):
@@ -66,7 +69,7 @@ def _div_fake(student, teacher, labels, row_weights, kind, param0, param1, tempe
           else student.new_empty((0,)))
     gt = (torch.empty_like(teacher, memory_format=torch.contiguous_format) if grad_teacher
           else teacher.new_empty((0,)))
-    pr = student.new_empty(student.shape[:-1], dtype=torch.float32)
+    pr = student.new_empty(student.shape[:-1], dtype=f)
     valid = student.new_empty((), dtype=torch.int64)
     return loss, gs, gt, pr, valid
 

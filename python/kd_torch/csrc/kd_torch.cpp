@@ -246,7 +246,7 @@ kd::status run_divergence_on_device(A&&... a) {
 }
 
 // Returns (loss [] float32 / float64, grad_student (student's shape and dtype, or [0]), grad_teacher (or [0]),
-// per_row (leading shape, float32), valid_rows [] int64).
+// per_row (leading shape, float32; float64 for float64 inputs), valid_rows [] int64).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> divergence_op(
     const Tensor& student_in, const Tensor& teacher_in, const c10::optional<Tensor>& labels_in,
     const c10::optional<Tensor>& weights_in, int64_t kind, double param0, double param1, double temperature,
@@ -360,6 +360,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> divergence_op(
     }
   }
   Tensor loss = at::scalar_tensor(total, f_opts);
+  // kd stores per-row values as float32; float64 callers get them as float64 (float32 precision) so that gradients
+  // flowing back through them are not rounded to float32.
+  if (f64) per_row = per_row.to(at::kDouble);
   return {loss, grad_s, grad_t, per_row, at::scalar_tensor(valid_total, student.options().dtype(at::kLong))};
 }
 
