@@ -13,7 +13,7 @@ compare values and gradients):
   (the batch size B of a [B, T, V] input, not B * T);
 - ``"sum"``; ``"mean"``: the elementwise mean, sum / (valid rows * V) (NaN when labels leave no valid row);
 - ``"none"``: the elementwise [..., V] tensor (or [valid rows, V] with labels), computed with PyTorch ops since the
-  result is N x V anyway;
+  result is N x V anyway (16-bit inputs in float32, rounded once);
 - the result has the dtype of the (promoted) inputs.
 
 Where kd differs, it raises instead of returning NaN / inf (ValueError naming the argument): temperature <= 0, beta
@@ -35,7 +35,11 @@ _SUM, _NORMALIZER = 1, 3
 
 
 def _elementwise(student_logits, teacher_logits, labels, beta, temperature):
-    """TRL's reduction="none": the per-entry terms whose sum over the vocabulary is the divergence (PyTorch ops)."""
+    """TRL's reduction="none": the per-entry terms whose sum over the vocabulary is the divergence (PyTorch ops).
+    16-bit inputs are computed in float32 and the result rounded once (as kd's fused path does), not op by op."""
+    dtype = student_logits.dtype
+    if dtype in (torch.bfloat16, torch.float16):
+        student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
     ls = torch.log_softmax(student_logits / temperature, dim=-1)
     lt = torch.log_softmax(teacher_logits / temperature, dim=-1)
     if beta == 0:
@@ -48,7 +52,7 @@ def _elementwise(student_logits, teacher_logits, labels, beta, temperature):
         out = b * lt.exp() * (lt - lm) + (1 - b) * ls.exp() * (ls - lm)
     if labels is not None:
         out = out[labels != -100]
-    return out
+    return out.to(dtype)
 
 
 def generalized_jsd_loss(student_logits, teacher_logits, labels=None, beta=0.5, temperature=1.0,
