@@ -9,7 +9,9 @@ wrappers in kd_torch.nn; kd_torch.trl.generalized_jsd_loss is TRL's loss as a dr
 for Liger-Kernel's JSD / KL / TVD modules; kd_torch.minillm the MiniLLM policy-gradient loss and on-policy helpers.
 """
 
-from . import _C
+import torch  # noqa: F401  (first: loads the torch libraries _C links against, not a system libtorch)
+
+from . import _C  # noqa: E402
 from ._ops import TORCH_VERSION, USES_CUSTOM_OPS
 from .functional import *  # noqa: F401,F403
 from .functional import FUNCTIONS, canonical_divergence, divergence_info, divergence_loss, divergences
