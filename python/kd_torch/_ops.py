@@ -42,8 +42,8 @@ def _tracing(t):
 
 def _scale_grad(grad, scale, per_row):
     """grad * scale (scale: [] for a scalar loss, the leading shape for per-row losses), in place when eager."""
-    if scale is None:
-        return None if grad is None else torch.zeros_like(grad)
+    if scale is None:  # the loss output was not used: no gradient (grads are not materialized, see setup_context)
+        return None
     # A 16-bit gradient is scaled by a float32 (or float64) factor and rounded once: bf16(g * s), not bf16(g) * bf16(s).
     s = scale if scale.dtype in (torch.float32, torch.float64) else scale.float()
     if grad.dtype == torch.float32 and s.dtype == torch.float64:
@@ -85,6 +85,9 @@ def _div_setup_context(ctx, inputs, output):
     ctx.want_s, ctx.want_t = want_s, want_t
     ctx.save_for_backward(gs if want_s else None, gt if want_t else None)
     ctx.mark_non_differentiable(output[1], output[2], output[4])
+    # Unused outputs must not get materialized zero gradients: one of them is the N x V gradient buffer itself, and a
+    # zeros tensor of its size would cost a full allocation and pass in every backward.
+    ctx.set_materialize_grads(False)
 
 
 def _div_backward(ctx, g_loss, _g_gs, _g_gt, g_per_row, _g_valid):
@@ -147,6 +150,7 @@ def _pg_setup_context(ctx, inputs, output):
     ctx.want = want
     ctx.save_for_backward(output[1] if want else None)
     ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
 
 
 def _pg_backward(ctx, g_loss, *_):
