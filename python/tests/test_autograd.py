@@ -119,3 +119,15 @@ def test_autograd_function_path_in_a_subprocess():
 def test_uses_custom_ops_on_new_torch():
     if kd_torch.TORCH_VERSION >= (2, 4) and os.environ.get("KD_TORCH_NO_CUSTOM_OP") != "1":
         assert kd_torch.USES_CUSTOM_OPS
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.5])
+def test_the_gradient_reaching_the_leaf_is_kds_buffer(factor):
+    """No copy between kd's fused pass and the student's .grad: kd allocates large gradient buffers 2 MiB-aligned
+    (huge pages) and torch's allocator does not, so the alignment identifies the buffer; with grad_output != 1 it is
+    scaled in place, not copied."""
+    if os.environ.get("KD_TORCH_HUGEPAGES") == "0":
+        pytest.skip("huge-page gradient buffers disabled")
+    s = torch.randn(1024, 4096, requires_grad=True)  # 16 MiB
+    (factor * kd_torch.forward_kl(s, torch.randn(1024, 4096))).backward()
+    assert s.grad.data_ptr() % (2 << 20) == 0
