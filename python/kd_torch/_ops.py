@@ -194,16 +194,16 @@ def _pga_fake(rewards, mask, gamma, length_norm, current_reward, whiten):
     return torch.empty_like(rewards, memory_format=torch.contiguous_format)
 
 
-if USES_CUSTOM_OPS:
-    torch.library.register_fake("kd_torch::divergence")(_div_fake)
-    torch.library.register_autograd("kd_torch::divergence", _div_backward, setup_context=_div_setup_context)
-    torch.library.register_fake("kd_torch::policy_gradient")(_pg_fake)
-    torch.library.register_autograd("kd_torch::policy_gradient", _pg_backward, setup_context=_pg_setup_context)
-    torch.library.register_fake("kd_torch::pg_advantages")(_pga_fake)
-elif hasattr(torch.library, "impl_abstract"):  # torch 2.1 - 2.3: fake kernels only (eager autograd via Function)
+# Fake (meta) kernels wherever the API exists; autograd formulas only on the custom-op path.
+_register_fake = getattr(torch.library, "register_fake", None) or getattr(torch.library, "impl_abstract", None)
+if _register_fake is not None:
     try:
-        torch.library.impl_abstract("kd_torch::divergence")(_div_fake)
-        torch.library.impl_abstract("kd_torch::policy_gradient")(_pg_fake)
-        torch.library.impl_abstract("kd_torch::pg_advantages")(_pga_fake)
-    except Exception:  # pragma: no cover - best effort on old versions
-        pass
+        _register_fake("kd_torch::divergence")(_div_fake)
+        _register_fake("kd_torch::policy_gradient")(_pg_fake)
+        _register_fake("kd_torch::pg_advantages")(_pga_fake)
+    except Exception:  # pragma: no cover - best effort on old versions (then only eager mode is supported)
+        if USES_CUSTOM_OPS:
+            raise
+if USES_CUSTOM_OPS:
+    torch.library.register_autograd("kd_torch::divergence", _div_backward, setup_context=_div_setup_context)
+    torch.library.register_autograd("kd_torch::policy_gradient", _pg_backward, setup_context=_pg_setup_context)
