@@ -14,6 +14,7 @@
 #pragma once
 
 #include "backend.hpp"
+#include "backend/protocol.hpp"
 #include "detail/validate.hpp"
 
 KD_BEGIN_NAMESPACE
@@ -25,8 +26,14 @@ status divergence_loss(const divergence& d, const student_input<S>& student, con
   static_assert(is_element_v<S>, "kd: student element type must be float, double, kd::bfloat16 or kd::half");
   static_assert(is_element_v<P>, "kd: teacher element type must be float, double, kd::bfloat16 or kd::half");
   static_assert(is_element_v<G>, "kd: gradient element type must be float, double, kd::bfloat16 or kd::half");
+  KD_REQUIRE_BACKEND_OPERATION(divergence_loss, divergence, Backend, divergence, student_input<S>, teacher_input<P>,
+                               distill_options, loss_result, distill_outputs<G>);
   if (status s = detail::validate_divergence_call(d, student, teacher, options, outputs); !s) return s;
-  return backend.run_divergence(d, student, teacher, options, result, outputs);
+  if constexpr (detail::has_run_divergence<Backend, divergence, student_input<S>, teacher_input<P>, distill_options,
+                                           loss_result, distill_outputs<G>>)
+    return backend.run_divergence(d, student, teacher, options, result, outputs);
+  else
+    return {};
 }
 
 KD_END_NAMESPACE

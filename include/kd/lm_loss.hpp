@@ -1,7 +1,7 @@
 // The language-modeling (cross-entropy) term of MiniLLM training (Gu et al. arXiv 2306.08543 Sec. 2.3, L_PT; the reference
 // code adds it with weight 1 on a separate pre-training batch): CE_r = -log q_r(label_r), q = softmax(z / T).
 //
-//   kd::status kd::lm_loss(student, labels, options, result, grad = {}, backend = kd::pg_fast_backend{})
+//   kd::status kd::lm_loss(student, labels, options, result, grad = {}, backend = kd::default_backend{})
 //
 // student  kd::student_logits(ptr, rows, V[, row_stride]) (float, double, kd::bfloat16, kd::half)
 // labels   [rows] int32/int64 (kd::label_view); rows whose label == options.ignore_index are not counted
@@ -15,22 +15,24 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
 #include "backend.hpp"
+#include "backend/protocol.hpp"
 #include "detail/validate.hpp"
 #include "options.hpp"
-#include "policy_gradient.hpp"
+#include "tensor.hpp"
 
 KD_BEGIN_NAMESPACE
 
-template <class S, class G = float, class Backend = pg_fast_backend>
+template <class S, class G = float, class Backend = default_backend>
 status lm_loss(const student_input<S>& student, const label_view& labels, const distill_options& options,
                loss_result& result, const mut_rows<G>& grad = {}, const Backend& backend = {}) {
   static_assert(is_element_v<S> && is_element_v<G>, "kd: element types must be float, double, kd::bfloat16 or kd::half");
-  static_assert(detail::pg::simd_traits<Backend>::value || std::is_same_v<Backend, reference_backend>,
-                "kd::lm_loss: backend must be a kd::simd_backend<...> or kd::reference_backend");
+  KD_REQUIRE_BACKEND_OPERATION(lm_loss, lm_loss, Backend, student_input<S>, label_view, distill_options, loss_result,
+                               mut_rows<G>);
   const auto& z = student.x;
   if (status s = detail::validate_rows(z, "student"); !s) return s;
   if (status s = detail::validate_temperature(options.temperature); !s) return s;
@@ -52,45 +54,10 @@ status lm_loss(const student_input<S>& student, const label_view& labels, const 
       return make_error(errc::invalid_argument, "grad", "overlaps the student without being the same buffer");
   }
 
-  const double inv_t = 1.0 / options.temperature;
-  using rows_t = detail::pg::rows_for<Backend, S, S>;
-  rows_t rk(z.cols);
-  (void)backend;
-  std::vector<detail::pg::row_state> st(static_cast<std::size_t>(z.rows));
-  double sum = 0.0;
-  std::int64_t count = 0;
-  for (std::int64_t r = 0; r < z.rows; ++r) {
-    auto& s = st[r];
-    const std::int64_t y = labels[r];
-    if (y == options.ignore_index) continue;
-    s.y_lm = y;
-    if (rk.pass1(z.row(r), z.row(r), z.cols, inv_t, s) != 0)
-      return make_error(errc::non_finite_input, "student", "a labelled row holds NaN or +inf, or is fully masked",
-                        s.lse_s, r);
-    if (s.lq_lm == detail::ref::ninf)
-      return make_error(errc::support_mismatch, "labels", "the student gives probability 0 to the label", s.lq_lm, r);
-    sum += -s.lq_lm;
-    ++count;
-  }
-  double den = 1.0;
-  if (options.reduction == reduction::mean) den = static_cast<double>(count);
-  else if (options.reduction == reduction::normalizer) den = options.normalizer;
-  const double scale = den > 0.0 ? 1.0 / den : 0.0;
-  result.valid_rows = count;
-  result.denominator = den > 0.0 ? den : 1.0;
-  result.loss = sum * scale;
-  if (grad.data)
-    for (std::int64_t r = 0; r < z.rows; ++r) {
-      auto& s = st[r];
-      G* g = grad.row(r);
-      if (s.y_lm < 0 || scale == 0.0) {
-        std::fill(g, g + z.cols, from_double<G>(0.0));
-        continue;
-      }
-      s.c_lm = scale;
-      rk.pass2(z.row(r), z.row(r), z.cols, inv_t, s, g);
-    }
-  return ok_status();
+  if constexpr (detail::has_run_lm_loss<Backend, student_input<S>, label_view, distill_options, loss_result, mut_rows<G>>)
+    return backend.run_lm_loss(student, labels, options, result, grad);
+  else
+    return {};
 }
 
 KD_END_NAMESPACE

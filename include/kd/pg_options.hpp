@@ -11,7 +11,8 @@
 #include "status.hpp"
 #include "tensor.hpp"
 
-KD_BEGIN_NAMESPACE
+// Plain data types of the estimator's signatures (kd::dispatch takes them too): ISA-free namespace (kd/version.hpp).
+KD_BEGIN_ISA_FREE_NAMESPACE
 
 // How the return is normalized by length (the advantage before whitening).
 //   none      : A_t = the return (the unbiased estimator: the paper's policy gradient before length normalization).
@@ -184,6 +185,10 @@ struct pg_diagnostics {
   std::int64_t valid_sequences = 0;  // sequences with at least one valid position
   std::int64_t lm_tokens = 0;        // labelled positions of the LM term
 };
+
+KD_END_ISA_FREE_NAMESPACE
+
+KD_BEGIN_NAMESPACE
 
 inline status validate_pg_options(const pg_options& o) {
   // The fast path works in float32: T and 1/T must both be well inside its range (T = 1e300 underflowed every logit).

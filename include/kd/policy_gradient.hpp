@@ -74,8 +74,7 @@
 #include <vector>
 
 #include "backend.hpp"
-#include "backend/simd.hpp"
-#include "backend/pg_driver.hpp"
+#include "backend/protocol.hpp"
 #include "detail/pg_sequence.hpp"
 #include "detail/validate.hpp"
 #include "options.hpp"
@@ -84,10 +83,11 @@
 
 KD_BEGIN_NAMESPACE
 
-// The fast path of kd::policy_gradient / kd::lm_loss: the SIMD backend (xsimd::default_arch, all hardware threads). Any
-// kd::simd_backend<Arch, Executor> works (e.g. kd::simd_backend<>{kd::thread_executor{1}} for one thread);
-// kd::reference_backend{} selects the double-precision oracle.
-using pg_fast_backend = simd_backend<>;
+// The default backend of kd::policy_gradient / kd::lm_loss: kd::default_backend (the SIMD backend for the compile-time
+// instruction set, all hardware threads). Any backend of the protocol works (backend/protocol.hpp):
+// kd::simd_backend<Arch, Executor>{...}, kd::dispatch_backend{} (run-time instruction set), kd::reference_backend{} (the
+// double-precision oracle).
+using pg_fast_backend = default_backend;
 
 namespace detail {
 
@@ -231,17 +231,17 @@ inline status pg_advantages(const float* rewards, const mask_view& mask, std::in
 //   outputs   optional gradient [B*L, V] (may be the student buffer itself), rewards / advantages / importance_weights /
 //             log_probs [B*L] float
 //   diag      diagnostics (kd::pg_diagnostics)
-//   backend   kd::pg_fast_backend{} = kd::simd_backend<>{} (default; any kd::simd_backend<Arch, Executor>) or
-//             kd::reference_backend{} (the double-precision oracle, single-threaded)
-template <class S, class P, class G = float, class Backend = pg_fast_backend>
+//   backend   any backend of the protocol (backend/protocol.hpp): kd::default_backend (default), kd::simd_backend<Arch,
+//             Executor>{...}, kd::dispatch_backend{}, kd::reference_backend{} (the double-precision oracle)
+template <class S, class P, class G = float, class Backend = default_backend>
 status policy_gradient(const student_input<S>& student, const teacher_input<P>& teacher, const pg_sequences& seq,
                        const pg_options& options, const pg_outputs<G>& outputs, pg_diagnostics& diag,
                        const Backend& backend = {}) {
   static_assert(is_element_v<S>, "kd: student element type must be float, double, kd::bfloat16 or kd::half");
   static_assert(is_element_v<P>, "kd: teacher element type must be float, double, kd::bfloat16 or kd::half");
   static_assert(is_element_v<G>, "kd: gradient element type must be float, double, kd::bfloat16 or kd::half");
-  static_assert(detail::pg::simd_traits<Backend>::value || std::is_same_v<Backend, reference_backend>,
-                "kd::policy_gradient: backend must be a kd::simd_backend<...> or kd::reference_backend");
+  KD_REQUIRE_BACKEND_OPERATION(policy_gradient, policy_gradient, Backend, student_input<S>, teacher_input<P>,
+                               pg_sequences, pg_options, pg_outputs<G>, pg_diagnostics);
   // No mask: fully masked student rows are padding. Derived before the other checks so that such positions' tokens are
   // never read either; only once the student view itself is known to be readable.
   pg_sequences eff = seq;
@@ -250,7 +250,11 @@ status policy_gradient(const student_input<S>& student, const teacher_input<P>& 
       student.x.rows == seq.batch * seq.time && detail::derive_pg_mask(student.x, derived))
     eff.mask = mask_view(derived.data(), static_cast<std::int64_t>(derived.size()));
   if (status s = detail::validate_pg_call(student, teacher, eff, options, outputs); !s) return s;
-  return detail::pg::run(student, teacher, eff, options, outputs, diag, backend);
+  if constexpr (detail::has_run_policy_gradient<Backend, student_input<S>, teacher_input<P>, pg_sequences, pg_options,
+                                                pg_outputs<G>, pg_diagnostics>)
+    return backend.run_policy_gradient(student, teacher, eff, options, outputs, diag);
+  else
+    return {};
 }
 
 KD_END_NAMESPACE

@@ -4,11 +4,19 @@
 // A [B, T, V] tensor is the row view (rows = B*T, cols = V) when its rows are contiguous; any row stride >= cols is allowed
 // (row r starts at data + r * row_stride elements), so a padded vocabulary or a slice of a larger buffer needs no copy.
 //
-// Element types: float, double, Eigen::bfloat16, Eigen::half (from <Eigen/Core>). Arithmetic is done in float (SIMD backend)
-// or double (reference backend); 16-bit types are only a storage format.
+// Element types: float, double, kd::bfloat16, kd::half. Arithmetic is done in float (SIMD backend) or double (reference
+// backend); 16-bit types are only a storage format. kd::bfloat16 / kd::half are Eigen::bfloat16 / Eigen::half (from
+// <Eigen/Core>); in CUDA translation units (nvcc) they are CUDA's __nv_bfloat16 / __half (<cuda_bf16.h>, <cuda_fp16.h>),
+// so a .cu file including kd's headers pulls in no Eigen. Both pairs have the same bits (IEEE binary16; bfloat16 = the
+// top half of a float32), so a buffer written by one side is read by the other unchanged.
 #pragma once
 
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#else
 #include <Eigen/Core>
+#endif
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -17,15 +25,20 @@
 
 KD_BEGIN_NAMESPACE
 
+#if defined(__CUDACC__)
+using bfloat16 = __nv_bfloat16;
+using half = __half;
+#else
 using bfloat16 = Eigen::bfloat16;
 using half = Eigen::half;
+#endif
 
 template <class T>
 struct is_element : std::false_type {};
 template <> struct is_element<float> : std::true_type {};
 template <> struct is_element<double> : std::true_type {};
-template <> struct is_element<Eigen::bfloat16> : std::true_type {};
-template <> struct is_element<Eigen::half> : std::true_type {};
+template <> struct is_element<bfloat16> : std::true_type {};
+template <> struct is_element<half> : std::true_type {};
 template <class T>
 inline constexpr bool is_element_v = is_element<std::remove_cv_t<T>>::value;
 
@@ -34,12 +47,12 @@ constexpr const char* dtype_name() noexcept {
   using U = std::remove_cv_t<T>;
   if constexpr (std::is_same_v<U, float>) return "float32";
   else if constexpr (std::is_same_v<U, double>) return "float64";
-  else if constexpr (std::is_same_v<U, Eigen::bfloat16>) return "bfloat16";
-  else if constexpr (std::is_same_v<U, Eigen::half>) return "float16";
+  else if constexpr (std::is_same_v<U, bfloat16>) return "bfloat16";
+  else if constexpr (std::is_same_v<U, half>) return "float16";
   else return "unknown";
 }
 
-// Element -> float / double and back. Eigen's 16-bit types convert with static_cast (round to nearest even).
+// Element -> float / double and back. The 16-bit types convert with static_cast (round to nearest even).
 template <class T>
 inline float to_float(T x) noexcept { return static_cast<float>(x); }
 template <class T>

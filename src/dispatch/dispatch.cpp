@@ -53,7 +53,7 @@ const dispatch_abi::table* table_for(simd_isa isa) noexcept {
 }
 
 template <class S, class G>
-dispatch_abi::driver<S, G> pick(const dispatch_abi::table& t) noexcept {
+const dispatch_abi::kernels<S, G>& pick(const dispatch_abi::table& t) noexcept {
   if constexpr (std::is_same_v<S, float>)
     return t.f32;
   else if constexpr (std::is_same_v<S, bfloat16> && std::is_same_v<G, float>)
@@ -100,13 +100,35 @@ status dispatch_divergence(simd_isa isa, int threads, const divergence& d, const
                            const distill_outputs<G>& out) {
   const table* t = table_for(isa);
   if (!t) return make_error(errc::unsupported, "backend", "instruction set not supported by this CPU");
-  return pick<S, G>(*t)(threads, d, student, teacher, opt, result, out);
+  return pick<S, G>(*t).divergence(threads, d, student, teacher, opt, result, out);
 }
 
-#define KD_DISPATCH_INSTANTIATE(S, G)                                                                         \
-  template status dispatch_divergence<S, S, G>(simd_isa, int, const divergence&, const student_input<S>&,     \
-                                               const teacher_input<S>&, const distill_options&, loss_result&, \
-                                               const distill_outputs<G>&);
+template <class S, class P, class G>
+status dispatch_policy_gradient(simd_isa isa, int threads, const student_input<S>& student,
+                                const teacher_input<P>& teacher, const pg_sequences& seq, const pg_options& opt,
+                                const pg_outputs<G>& out, pg_diagnostics& diag) {
+  const table* t = table_for(isa);
+  if (!t) return make_error(errc::unsupported, "backend", "instruction set not supported by this CPU");
+  return pick<S, G>(*t).policy_gradient(threads, student, teacher, seq, opt, out, diag);
+}
+
+template <class S, class G>
+status dispatch_lm_loss(simd_isa isa, int threads, const student_input<S>& student, const label_view& labels,
+                        const distill_options& opt, loss_result& result, const mut_rows<G>& grad) {
+  const table* t = table_for(isa);
+  if (!t) return make_error(errc::unsupported, "backend", "instruction set not supported by this CPU");
+  return pick<S, G>(*t).lm_loss(threads, student, labels, opt, result, grad);
+}
+
+#define KD_DISPATCH_INSTANTIATE(S, G)                                                                                  \
+  template status dispatch_divergence<S, S, G>(simd_isa, int, const divergence&, const student_input<S>&,              \
+                                               const teacher_input<S>&, const distill_options&, loss_result&,          \
+                                               const distill_outputs<G>&);                                             \
+  template status dispatch_policy_gradient<S, S, G>(simd_isa, int, const student_input<S>&, const teacher_input<S>&,   \
+                                                    const pg_sequences&, const pg_options&, const pg_outputs<G>&,      \
+                                                    pg_diagnostics&);                                                  \
+  template status dispatch_lm_loss<S, G>(simd_isa, int, const student_input<S>&, const label_view&,                    \
+                                         const distill_options&, loss_result&, const mut_rows<G>&);
 KD_DISPATCH_INSTANTIATE(float, float)
 KD_DISPATCH_INSTANTIATE(bfloat16, float)
 KD_DISPATCH_INSTANTIATE(bfloat16, bfloat16)

@@ -7,22 +7,31 @@
 
 #include <kd/backend/dispatch.hpp>
 #include <kd/backend/simd.hpp>
+#include <kd/pg_options.hpp>
 
 KD_BEGIN_ISA_FREE_NAMESPACE
 namespace dispatch_abi {
 
-// Validated arguments in, status out: the whole of simd_backend<Arch>::run_divergence with a thread_executor.
+// Validated arguments in, status out: the whole of simd_backend<Arch, thread_executor>'s run_divergence,
+// run_policy_gradient and run_lm_loss for one element-type combination.
 template <class S, class G>
-using driver = status (*)(int threads, const divergence& d, const student_input<S>& student,
-                          const teacher_input<S>& teacher, const distill_options& opt, loss_result& result,
-                          const distill_outputs<G>& out);
+struct kernels {
+  status (*divergence)(int threads, const kd::divergence& d, const student_input<S>& student,
+                       const teacher_input<S>& teacher, const distill_options& opt, loss_result& result,
+                       const distill_outputs<G>& out);
+  status (*policy_gradient)(int threads, const student_input<S>& student, const teacher_input<S>& teacher,
+                            const pg_sequences& seq, const pg_options& opt, const pg_outputs<G>& out,
+                            pg_diagnostics& diag);
+  status (*lm_loss)(int threads, const student_input<S>& student, const label_view& labels,
+                    const distill_options& opt, loss_result& result, const mut_rows<G>& grad);
+};
 
 struct table {
-  driver<float, float> f32;
-  driver<bfloat16, float> bf16_f32;
-  driver<bfloat16, bfloat16> bf16_bf16;
-  driver<half, float> f16_f32;
-  driver<half, half> f16_f16;
+  kernels<float, float> f32;
+  kernels<bfloat16, float> bf16_f32;
+  kernels<bfloat16, bfloat16> bf16_bf16;
+  kernels<half, float> f16_f32;
+  kernels<half, half> f16_f16;
   void (*exp)(const float* in, float* out, std::int64_t n);
 };
 
@@ -40,9 +49,26 @@ namespace detail::dispatch_isa {
 template <class A, class S, class G>
 status drive_rows(int threads, const divergence& d, const student_input<S>& student, const teacher_input<S>& teacher,
                   const distill_options& opt, loss_result& result, const distill_outputs<G>& out) {
-  return detail::drive<thread_executor, S, S, G>(&detail::process_rows<simd::row_kernels<A>, S, S, G>,
-                                                 thread_executor{threads}, d, student,
-                                               teacher, opt, result, out);
+  return simd_backend<A, thread_executor>{thread_executor{threads}}.run_divergence(d, student, teacher, opt, result,
+                                                                                  out);
+}
+
+template <class A, class S, class G>
+status drive_pg(int threads, const student_input<S>& student, const teacher_input<S>& teacher, const pg_sequences& seq,
+                const pg_options& opt, const pg_outputs<G>& out, pg_diagnostics& diag) {
+  return simd_backend<A, thread_executor>{thread_executor{threads}}.run_policy_gradient(student, teacher, seq, opt, out,
+                                                                                       diag);
+}
+
+template <class A, class S, class G>
+status drive_lm(int threads, const student_input<S>& student, const label_view& labels, const distill_options& opt,
+                loss_result& result, const mut_rows<G>& grad) {
+  return simd_backend<A, thread_executor>{thread_executor{threads}}.run_lm_loss(student, labels, opt, result, grad);
+}
+
+template <class A, class S, class G>
+constexpr dispatch_abi::kernels<S, G> kernels_of() noexcept {
+  return {&drive_rows<A, S, G>, &drive_pg<A, S, G>, &drive_lm<A, S, G>};
 }
 
 template <class A>
@@ -56,8 +82,8 @@ void exp_array(const float* in, float* out, std::int64_t n) {
 
 template <class A>
 dispatch_abi::table make_table() noexcept {
-  return {&drive_rows<A, float, float>,       &drive_rows<A, bfloat16, float>, &drive_rows<A, bfloat16, bfloat16>,
-          &drive_rows<A, half, float>,        &drive_rows<A, half, half>,      &exp_array<A>};
+  return {kernels_of<A, float, float>(), kernels_of<A, bfloat16, float>(), kernels_of<A, bfloat16, bfloat16>(),
+          kernels_of<A, half, float>(),  kernels_of<A, half, half>(),      &exp_array<A>};
 }
 
 }  // namespace detail::dispatch_isa

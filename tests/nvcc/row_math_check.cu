@@ -1,14 +1,41 @@
 // nvcc compile check (CTest nvcc_check, tests/CMakeLists.txt): kd headers meant for CUDA translation units compile with
 // nvcc for sm_80 and sm_90 (-c only, no GPU needed). To add a header, add one #include line to the list below.
-// Today's list: the plain-data headers and the row math (kd/divergences/); kd/options.hpp pulls in <Eigen/Core> through kd/tensor.hpp (bf16 / fp16 types),
-// which compiles with nvcc 13 but with Eigen 3.4 warnings (#20012-D, defaulted __host__ __device__ members).
+// Today's list: the plain-data headers, the row math (kd/divergences/) and the public loss headers. Under nvcc they pull in
+// no xsimd, Eigen or <thread> (checked below): kd::bfloat16 / kd::half are CUDA's types there (kd/tensor.hpp) and the
+// default backend is the reference backend (kd/backend.hpp).
 
 // --- headers checked with nvcc (one per line) ---
 #include <kd/version.hpp>
 #include <kd/status.hpp>
 #include <kd/options.hpp>
 #include <kd/divergences/registry.hpp>
+#include <kd/reverse_kl.hpp>
+#include <kd/forward_kl.hpp>
+#include <kd/jsd.hpp>
+#include <kd/policy_gradient.hpp>
+#include <kd/lm_loss.hpp>
+#include <kd/softmax.hpp>
+#include <kd/topk.hpp>
 // --- end of list ---
+
+#if defined(EIGEN_WORLD_VERSION)
+#error "a kd header pulled <Eigen/Core> into a CUDA translation unit"
+#endif
+#if defined(XSIMD_VERSION_MAJOR)
+#error "a kd header pulled xsimd into a CUDA translation unit"
+#endif
+#if defined(_GLIBCXX_THREAD)
+#error "a kd header pulled <thread> into a CUDA translation unit"
+#endif
+
+// Host code of a .cu file calling a public loss (reference backend, the default here) with CUDA's bf16 type.
+kd::status kd_nvcc_host_call(const __nv_bfloat16* s, const __nv_bfloat16* t, float* g, long rows, long cols) {
+  kd::loss_result r;
+  kd::distill_outputs<float> out;
+  out.grad_student = kd::mut_rows<float>(g, rows, cols);
+  return kd::reverse_kl(kd::student_logits(s, rows, cols), kd::teacher_logits(t, rows, cols), kd::distill_options{}, r,
+                        out);
+}
 
 // Every registered divergence functor, instantiated for V = float in device code (one entry per thread): accumulate,
 // finish and grad, so the row math's device compatibility is checked for all of them, for every -gencode target.

@@ -56,6 +56,21 @@ inline void fill_row(G* g, std::int64_t n, double v) noexcept {
   for (std::int64_t j = 0; j < n; ++j) g[j] = x;
 }
 
+// Which side's zero made a divergence +inf: the side that has a -inf entry where the other has mass. When both sides
+// have such entries, the functor's y side (KL(x || y) is +inf where y has the zero).
+template <class S, class P>
+row_error mismatch_side(const S* zs, const P* zt, std::int64_t n, bool y_is_student) noexcept {
+  constexpr double ninf = -std::numeric_limits<double>::infinity();
+  bool s0 = false, t0 = false;
+  for (std::int64_t j = 0; j < n; ++j) {
+    const bool ms = to_double(zs[j]) == ninf, mt = to_double(zt[j]) == ninf;
+    s0 = s0 || (ms && !mt);
+    t0 = t0 || (mt && !ms);
+  }
+  if (s0 != t0) return s0 ? row_error::support_mismatch_student : row_error::support_mismatch_teacher;
+  return y_is_student ? row_error::support_mismatch_student : row_error::support_mismatch_teacher;
+}
+
 template <class S, class P, class G>
 using rows_fn = void (*)(const call<S, P, G>&, std::int64_t, std::int64_t);
 
@@ -87,7 +102,9 @@ void process_rows(const call<S, P, G>& c, std::int64_t begin, std::int64_t end) 
           rp.c = w * c.scale * c.inv_t;
           rp.check_student_norm = c.check_student_norm;
           rp.check_teacher_norm = c.check_teacher_norm;
-          const row_result res = K::template row<E>(f, io, rp, sc);
+          row_result res = K::template row<E>(f, io, rp, sc);
+          if (res.error == row_error::support_mismatch)
+            res.error = mismatch_side(io.zs, io.zt, n, !E::x_is_student);
           c.row_err[r] = res.error;
           if (res.error == row_error::masked) {
             fill_row(gs, n, 0.0);
@@ -135,6 +152,14 @@ inline status row_error_status(row_error e, double value, std::int64_t r) noexce
     case row_error::support_mismatch:
       return make_error(errc::support_mismatch, "teacher",
                         "the divergence is +inf: one side has probability 0 (a -inf logit) where the other has mass",
+                        value, r);
+    case row_error::support_mismatch_student:
+      return make_error(errc::support_mismatch, "student",
+                        "the divergence is +inf: the student has probability 0 (a -inf logit) where the teacher has mass",
+                        value, r);
+    case row_error::support_mismatch_teacher:
+      return make_error(errc::support_mismatch, "teacher",
+                        "the divergence is +inf: the teacher has probability 0 (a -inf logit) where the student has mass",
                         value, r);
   }
   return ok_status();

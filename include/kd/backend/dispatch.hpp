@@ -6,6 +6,8 @@
 //
 //   target_link_libraries(my_target PRIVATE kd::dispatch)
 //   kd::divergence_loss(d, student, teacher, options, result, outputs, kd::dispatch_backend{});            // best ISA
+//   kd::policy_gradient(student, teacher, seq, options, outputs, diag, kd::dispatch_backend{});            // also
+//   kd::lm_loss(student, labels, options, result, grad, kd::dispatch_backend{});                           // also
 //   kd::divergence_loss(..., kd::dispatch_backend{kd::simd_isa::avx2, 2});                                 // forced, 2
 //   threads
 //
@@ -20,7 +22,9 @@
 
 #include "../divergence_spec.hpp"
 #include "../options.hpp"
+#include "../pg_options.hpp"
 #include "../status.hpp"
+#include "reference.hpp"
 
 // The library's entry points are in the ISA-free namespace kd::v0 (kd/version.hpp), so a translation unit compiled with
 // any -m flags links with the library; the library's internals are in kd::v0::dispatch_abi.
@@ -43,6 +47,15 @@ status dispatch_divergence(simd_isa isa, int threads, const divergence& d, const
                            const teacher_input<P>& teacher, const distill_options& opt, loss_result& result,
                            const distill_outputs<G>& out);
 
+template <class S, class P, class G>
+status dispatch_policy_gradient(simd_isa isa, int threads, const student_input<S>& student,
+                                const teacher_input<P>& teacher, const pg_sequences& seq, const pg_options& opt,
+                                const pg_outputs<G>& out, pg_diagnostics& diag);
+
+template <class S, class G>
+status dispatch_lm_loss(simd_isa isa, int threads, const student_input<S>& student, const label_view& labels,
+                        const distill_options& opt, loss_result& result, const mut_rows<G>& grad);
+
 // out[i] = kd::detail::simd::exp(in[i]) with the kernels of `isa` (testing and benchmarking the vector exp).
 status dispatch_exp(simd_isa isa, const float* in, float* out, std::int64_t n) noexcept;
 
@@ -55,6 +68,8 @@ KD_BEGIN_NAMESPACE
 namespace detail {
 
 using dispatch_abi::dispatch_divergence;
+using dispatch_abi::dispatch_lm_loss;
+using dispatch_abi::dispatch_policy_gradient;
 using dispatch_abi::dispatch_exp;
 
 template <class S, class P, class G>
@@ -66,6 +81,7 @@ inline constexpr bool dispatch_types_supported = std::is_same_v<S, P> &&
 }  // namespace detail
 
 struct dispatch_backend {
+  static constexpr backend_traits traits = {backend_traits::host, true, backend_traits::float32};
   simd_isa isa = simd_isa::best;
   int threads = 0;  // 0: std::thread::hardware_concurrency()
 
@@ -79,6 +95,27 @@ struct dispatch_backend {
                   "kd::half) and the gradient must be float or that type; use kd::simd_backend<> otherwise");
     return detail::dispatch_divergence(isa, threads, d, student, teacher, opt, result, out);
   }
+
+  template <class S, class P, class G>
+  status run_policy_gradient(const student_input<S>& student, const teacher_input<P>& teacher, const pg_sequences& seq,
+                             const pg_options& opt, const pg_outputs<G>& out, pg_diagnostics& diag) const {
+    static_assert(detail::dispatch_types_supported<S, P, G>,
+                  "kd::dispatch_backend: student and teacher must have the same element type (float, kd::bfloat16 or "
+                  "kd::half) and the gradient must be float or that type; use kd::simd_backend<> otherwise");
+    return detail::dispatch_policy_gradient(isa, threads, student, teacher, seq, opt, out, diag);
+  }
+
+  template <class S, class G>
+  status run_lm_loss(const student_input<S>& student, const label_view& labels, const distill_options& opt,
+                     loss_result& result, const mut_rows<G>& grad) const {
+    static_assert(detail::dispatch_types_supported<S, S, G>,
+                  "kd::dispatch_backend: the student must be float, kd::bfloat16 or kd::half and the gradient float or "
+                  "that type; use kd::simd_backend<> otherwise");
+    return detail::dispatch_lm_loss(isa, threads, student, labels, opt, result, grad);
+  }
+
+  // The softmax family and top-k: the reference kernels (double, calling thread).
+  KD_REFERENCE_SOFTMAX_TOPK_MEMBERS
 };
 
 KD_END_NAMESPACE

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../version.hpp"
+#include "serial_executor.hpp"
 
 KD_BEGIN_NAMESPACE
 
@@ -35,14 +36,6 @@ struct thread_executor {
     for (std::int64_t i = 1; i < t; ++i) pool.emplace_back([&f, i, n, t] { f(n * i / t, n * (i + 1) / t); });
     f(std::int64_t{0}, n / t);
     for (auto& th : pool) th.join();
-  }
-};
-
-// Runs everything on the calling thread.
-struct serial_executor {
-  template <class F>
-  void parallel_for(std::int64_t n, F f) const {
-    if (n > 0) f(std::int64_t{0}, n);
   }
 };
 

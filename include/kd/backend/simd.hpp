@@ -17,6 +17,8 @@
 // i.e. relative errors of a few 1e-6 on losses and gradients for logits of moderate scale (they grow with |logit| / T).
 // Errors: identical to kd::reference_backend (same codes, argument names, first offending row; value errors leave NaN
 // gradient rows and a NaN / +inf loss). Memory: per call, four arrays of `rows` entries; no temporary proportional to V.
+// The policy gradient and the LM loss run the same row kernels (backend/pg_driver.hpp, lm_driver.hpp); the softmax family
+// and top-k run in the reference kernels (KD_REFERENCE_SOFTMAX_TOPK_MEMBERS: double, calling thread).
 // Small problems (fewer than 2 rows or under 2^18 elements in all) run on the calling thread without the executor.
 #pragma once
 
@@ -29,6 +31,8 @@
 #include "backend_traits.hpp"
 #include "cpu_driver.hpp"
 #include "executors.hpp"
+#include "lm_driver.hpp"
+#include "pg_driver.hpp"
 #include "reference.hpp"
 
 KD_BEGIN_NAMESPACE
@@ -52,6 +56,28 @@ struct simd_backend {
       return detail::drive<Executor, S, P, G>(&detail::process_rows<detail::simd::row_kernels<Arch>, S, P, G>,
                                               executor, d, student, teacher, opt, result, out);
   }
+
+  // The MiniLLM policy gradient (backend/pg_driver.hpp) on this backend's row kernels.
+  template <class S, class P, class G>
+  status run_policy_gradient(const student_input<S>& student, const teacher_input<P>& teacher, const pg_sequences& seq,
+                             const pg_options& opt, const pg_outputs<G>& out, pg_diagnostics& diag) const {
+    if constexpr (std::is_same_v<S, double> || std::is_same_v<P, double>)
+      return reference_backend{}.run_policy_gradient(student, teacher, seq, opt, out, diag);
+    else
+      return detail::pg::run<detail::simd::row_kernels<Arch>>(executor, student, teacher, seq, opt, out, diag);
+  }
+
+  // The LM (cross-entropy) loss (backend/lm_driver.hpp) on this backend's row kernels.
+  template <class S, class G>
+  status run_lm_loss(const student_input<S>& student, const label_view& labels, const distill_options& opt,
+                     loss_result& result, const mut_rows<G>& grad) const {
+    if constexpr (std::is_same_v<S, double>)
+      return reference_backend{}.run_lm_loss(student, labels, opt, result, grad);
+    else
+      return detail::lm::run<detail::simd::row_kernels<Arch>>(executor, student, labels, opt, result, grad);
+  }
+
+  KD_REFERENCE_SOFTMAX_TOPK_MEMBERS
 };
 
 KD_END_NAMESPACE

@@ -29,7 +29,6 @@ struct row_state {
   double c_single = 0.0, c_long = 0.0, c_lm = 0.0;
   std::int64_t y = -1, y_lm = -1;   // sampled token, LM label (-1: none)
   bool pg = false;                  // a valid policy-gradient position
-  bool finite_row = false;          // pass 1 (fast rows) saw no -inf / NaN / +inf in either input row
   bool needs_teacher() const noexcept { return pg; }
   bool active() const noexcept { return pg || y_lm >= 0; }
 };

@@ -53,19 +53,24 @@ inline double log_sum_exp(const double* v, std::int64_t n) noexcept {
 // v -= logsumexp(v) as (v - max) - log(sum exp(v - max)), for a row whose log-sum-exp is finite. Subtracting the max first
 // keeps the row normalized when |v| >> 2^53 log(n): v - (max + log s) would round log s away (a double row of -1e39
 // came out with sum exp = n; tests/test_bad_inputs.cpp).
-inline void normalize_log(double* v, std::int64_t n) noexcept {
+// Returns the max m and log_s = log sum exp(v - m).
+inline void normalize_log(double* v, std::int64_t n, double* max_out = nullptr, double* log_sum_out = nullptr) noexcept {
   double m = ninf;
   for (std::int64_t j = 0; j < n; ++j) m = std::max(m, v[j]);
   const double log_s = log_sum_exp_rel(v, n, m);
   for (std::int64_t j = 0; j < n; ++j) v[j] = (v[j] - m) - log_s;
+  if (max_out) *max_out = m;
+  if (log_sum_out) *log_sum_out = log_s;
 }
 
-// Row x[0..n) / T as double log-probabilities into lp; returns the log-sum-exp of x / T (the normalizer).
+// Row x[0..n) / T as double log-probabilities into lp; returns the log-sum-exp of x / T (the normalizer). For a finite
+// one, *max_out and *log_sum_out (when given) receive its parts: lp_j = (x_j / T - max) - log_sum.
 template <class T>
-inline double load_log_probs(const T* x, std::int64_t n, double inv_t, double* lp) noexcept {
+inline double load_log_probs(const T* x, std::int64_t n, double inv_t, double* lp, double* max_out = nullptr,
+                             double* log_sum_out = nullptr) noexcept {
   for (std::int64_t j = 0; j < n; ++j) lp[j] = to_double(x[j]) * inv_t;
   const double lse = log_sum_exp(lp, n);
-  if (std::isfinite(lse)) normalize_log(lp, n);
+  if (std::isfinite(lse)) normalize_log(lp, n, max_out, log_sum_out);
   return lse;
 }
 

@@ -30,6 +30,8 @@ inline double functor_row_loss(F& f, const double* lx, const double* ly, std::in
   return f.loss;
 }
 
+// The reference row kernels (the contract is described at detail::simd::row_kernels). The gradient pass reloads the
+// row's log-probabilities (it may run long after the statistics pass: the policy gradient's second pass).
 struct row_kernels {
   template <class S, class P, class G>
   struct scratch {
@@ -37,33 +39,65 @@ struct row_kernels {
     explicit scratch(std::int64_t n) : lq(static_cast<std::size_t>(n)), lp(static_cast<std::size_t>(n)) {}
   };
 
-  // One row of the divergence entry E with functor f0 (see simd::row_kernels for the contract).
   template <class E, class S, class P, class G>
-  static row_result row(const typename E::functor& f0, const row_io<S, P, G>& io, const row_params& rp,
-                        scratch<S, P, G>& sc) noexcept {
+  static row_stats<typename E::functor> stats(const typename E::functor& f0, const row_io<S, P, G>& io,
+                                              const row_params& rp, scratch<S, P, G>& sc) noexcept {
     using F = typename E::functor;
     const std::int64_t n = io.n;
     double* lq = sc.lq.data();
     double* lp = sc.lp.data();
-    const double lse_s = load_log_probs(io.zs, n, rp.inv_t, lq);
-    const double lse_t = load_log_probs(io.zt, n, rp.inv_t, lp);
+    row_stats<F> st;
+    const double lse_s = load_log_probs(io.zs, n, rp.inv_t, lq, &st.s.max, &st.s.log_sum);
+    const double lse_t = load_log_probs(io.zt, n, rp.inv_t, lp, &st.t.max, &st.t.log_sum);
     constexpr double ninf = -std::numeric_limits<double>::infinity();
-    row_result res =
-        check_pass1(lse_s, lse_t, lse_s == ninf && all_ninf(io.zs, n), lse_t == ninf && all_ninf(io.zt, n), rp);
-    if (res.error != row_error::none) return res;
+    st.res = check_pass1(lse_s, lse_t, lse_s == ninf && all_ninf(io.zs, n), lse_t == ninf && all_ninf(io.zt, n), rp);
+    if (st.res.error != row_error::none) return st;
+    st.f = f0;
+    st.res.loss = functor_row_loss(st.f, E::x_is_student ? lq : lp, E::x_is_student ? lp : lq, n);
+    if (!std::isfinite(st.res.loss)) st.res = {st.res.loss, row_error::support_mismatch, st.res.loss};
+    return st;
+  }
+
+  template <class E, class S, class P, class G>
+  static void grad(const row_stats<typename E::functor>& st, const row_io<S, P, G>& io, const row_params& rp,
+                   scratch<S, P, G>& sc) noexcept {
+    const std::int64_t n = io.n;
+    double* lq = sc.lq.data();
+    double* lp = sc.lp.data();
+    load_log_probs(io.zs, n, rp.inv_t, lq);
+    load_log_probs(io.zt, n, rp.inv_t, lp);
     const double* lx = E::x_is_student ? lq : lp;
     const double* ly = E::x_is_student ? lp : lq;
-    F f = f0;
-    res.loss = functor_row_loss(f, lx, ly, n);
-    if (!std::isfinite(res.loss)) return {res.loss, row_error::support_mismatch, res.loss};
-    for (std::int64_t j = 0; j < n && (io.gs || io.gt); ++j) {
+    for (std::int64_t j = 0; j < n; ++j) {
       double gx, gy;
-      f.grad(lx[j], ly[j], gx, gy);
+      st.f.grad(lx[j], ly[j], gx, gy);
       const double gq = E::x_is_student ? gx : gy, gp = E::x_is_student ? gy : gx;
-      if (io.gs) io.gs[j] = from_double<G>(rp.c * gq);
+      if (io.gs) io.gs[j] = from_double<G>(rp.c_q != 0.0 ? rp.c * gq + rp.c_q * std::exp(lq[j]) : rp.c * gq);
       if (io.gt) io.gt[j] = from_double<G>(rp.c * gp);
     }
-    return res;
+  }
+
+  // One row of the divergence entry E with functor f0 (see simd::row_kernels for the contract).
+  template <class E, class S, class P, class G>
+  static row_result row(const typename E::functor& f0, const row_io<S, P, G>& io, const row_params& rp,
+                        scratch<S, P, G>& sc) noexcept {
+    const auto st = stats<E>(f0, io, rp, sc);
+    if (st.res.error == row_error::none && (io.gs || io.gt)) grad<E>(st, io, rp, sc);
+    return st.res;
+  }
+
+  template <class S, class Scratch>
+  static lse_result student_lse(const S* z, std::int64_t n, double inv_t, Scratch& sc) noexcept {
+    row_lse parts;
+    const double lse = load_log_probs(z, n, inv_t, sc.lq.data(), &parts.max, &parts.log_sum);
+    return check_student_lse(parts, lse, lse == -std::numeric_limits<double>::infinity() && all_ninf(z, n));
+  }
+
+  // g_j = c_q q_j.
+  template <class S, class G>
+  static void softmax_grad(const S* z, std::int64_t n, double inv_t, const row_lse& lse, double c_q, G* g) noexcept {
+    for (std::int64_t j = 0; j < n; ++j)
+      g[j] = from_double<G>(c_q * std::exp((to_double(z[j]) * inv_t - lse.max) - lse.log_sum));
   }
 };
 

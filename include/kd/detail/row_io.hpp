@@ -21,7 +21,9 @@ enum class row_error : std::uint8_t {
   teacher_out_of_range,
   student_not_normalized,
   teacher_not_normalized,
-  support_mismatch,
+  support_mismatch,        // the divergence is +inf; the driver names the side with the zero (below)
+  support_mismatch_student,  // the student has probability 0 (a -inf logit) where the teacher has mass
+  support_mismatch_teacher,  // the teacher has probability 0 where the student has mass
 };
 
 struct row_result {
@@ -43,6 +45,11 @@ struct row_io {
 struct row_params {
   double inv_t = 1.0;
   double c = 0.0;                   // gradient scale: weight * plan.scale * inv_t
+  double c_q = 0.0;                 // adds c_q * q_j to the student gradient (the policy gradient's epilogue); 0: none
+  // Online (KL) path: form log q_j - log p_j from the raw logit difference (z_s - z_t) / T minus a row constant instead
+  // of from the two log-probabilities. Exact where the models' logits agree (low T, docs/pitfalls.md #14); the
+  // default form is exact near each row's maximum (confident rows, docs/numerics.md). The policy gradient sets it.
+  bool raw_log_ratio = false;
   bool check_student_norm = false;  // declared log_probs at T = 1
   bool check_teacher_norm = false;
 };
@@ -60,6 +67,31 @@ struct split_sum {
   }
   double total() const noexcept { return cnt + tail; }
   double log() const noexcept { return cnt > 0.0 ? std::log(cnt) + std::log1p(tail / cnt) : std::log(tail); }
+};
+
+// A row's log-sum-exp of z / T kept as max + log_sum (log_sum = log sum_j exp(z_j / T - max), small): log-probabilities
+// are formed as (z_j / T - max) - log_sum, exact near the max where the mass is (detail/simd_divergence.hpp).
+struct row_lse {
+  double max = 0.0, log_sum = 0.0;
+  double value() const noexcept { return max + log_sum; }
+};
+
+// What the statistics pass of a row found, enough for its gradient pass without recomputing the sums: the loss (or the
+// error), both sides' log-sum-exps, and the functor F after finish() (its row constants for grad()).
+template <class F>
+struct row_stats {
+  row_result res;
+  row_lse s, t;
+  F f{};
+  bool online = false;  // SIMD kernels: computed by the online (fused) path; its gradient pass must match it
+};
+
+// A student-only row (LM loss, policy-gradient rows that need no teacher): its log-sum-exp, or why it has none
+// (row_error::masked: every entry -inf; *_out_of_range / *_non_finite as check_pass1).
+struct lse_result {
+  row_lse lse;
+  row_error error = row_error::none;
+  double value = 0.0;
 };
 
 // |log-sum-exp| above this at T = 1 means an input declared as log-probs is not normalized (docs/errors.md).
@@ -91,6 +123,17 @@ inline row_result check_pass1(double lse_s, double lse_t, bool masked_s, bool ma
   if (rp.check_teacher_norm && (lse_t > log_probs_tolerance || lse_t < -log_probs_tolerance))
     return {nan, row_error::teacher_not_normalized, lse_t};
   return {};
+}
+
+// The checks of a student-only row (lse = its log-sum-exp of z / T, masked: every entry -inf), in check_pass1's order.
+inline lse_result check_student_lse(row_lse parts, double lse, bool masked) noexcept {
+  constexpr double ninf = -std::numeric_limits<double>::infinity();
+  lse_result r;
+  r.lse = parts;
+  r.value = lse;
+  if (lse == ninf) r.error = masked ? row_error::masked : row_error::student_out_of_range;
+  else if (!std::isfinite(lse)) r.error = row_error::student_non_finite;
+  return r;
 }
 
 }  // namespace detail

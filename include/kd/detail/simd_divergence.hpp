@@ -55,25 +55,23 @@ struct grad_sink {
   }
 };
 
-template <class A, class G>
-inline void fill_row(G* g, std::int64_t n, float v) noexcept {
-  if (!g) return;
-  for (std::int64_t j = 0; j < n; ++j) float_to_elem<A>(v, g[j]);
-}
-
 template <class F, class = void>
 struct has_online : std::false_type {};
 template <class F>
 struct has_online<F, std::enable_if_t<F::has_online>> : std::true_type {};
 
 // -------------------------------------------------------------------------------------------------------------------
-// Online two-pass row of a functor F with an online form (KL(x || y): F::online_*). x_is_student selects which side is
-// x. Returns false when the row has a non-finite value in pass A (nothing has been written then): the caller takes the
-// careful path. Precision: log-probabilities are formed as (y - M) - log S, never y - lse: y - M is exact near the max
-// (where the mass is) and log S <= log V is small, so float32 rounding stays near 2^-24 * log V instead of
-// 2^-24 * |lse|; likewise D is accumulated over u = (y_x - M_x) - (y_y - M_y) and re-based when a running max moves.
-template <class A, class F, class S, class P, class G>
-inline bool online_row(bool x_is_student, const row_io<S, P, G>& io, const row_params& rp, row_result& res) noexcept {
+// Online form of a functor F with one (KL(x || y): F::online_*): the statistics pass (pass A) and the gradient pass
+// (pass B). x_is_student selects which side is x. Precision: log-probabilities are formed as (y - M) - log S, never
+// y - lse: y - M is exact near the max (where the mass is) and log S <= log V is small, so float32 rounding stays near
+// 2^-24 * log V instead of 2^-24 * |lse|; likewise D is accumulated over u = (y_x - M_x) - (y_y - M_y) and re-based
+// when a running max moves.
+//
+// Pass A reads both rows once: online max / sum-exp of both sides plus D, chunk by chunk. Returns false when the row has
+// a masked or non-finite value (the caller then takes the careful path); else st holds the loss (or the pass-1 error).
+template <class A, class F, bool Raw, class S, class P, class G>
+inline bool online_stats(bool x_is_student, const row_io<S, P, G>& io, const row_params& rp,
+                         row_stats<F>& st) noexcept {
   using b = fbatch<A>;
   constexpr float ninf = -std::numeric_limits<float>::infinity();
   const std::int64_t n = io.n;
@@ -83,9 +81,8 @@ inline bool online_row(bool x_is_student, const row_io<S, P, G>& io, const row_p
   float ms = ninf, mt = ninf;
   // ss, st: sum exp(y - M) per side (entries at the max counted apart, split_sum); dd: the functor's online sum, all
   // w.r.t. the current maxes.
-  split_sum ss, st;
+  split_sum ss, sst;
   double dd = 0.0;
-  // Pass A: online max / sum-exp of both rows plus D, chunk by chunk.
   for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
     const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
     const float* cs = load_chunk<A>(io.zs + j0, len, bs);
@@ -96,18 +93,25 @@ inline bool online_row(bool x_is_student, const row_io<S, P, G>& io, const row_p
     const float ns = cms > ms ? cms : ms, nt = cmt > mt ? cmt : mt;
     if (ns != ms || nt != mt) {
       const double fs = std::exp(static_cast<double>(ms) - ns), ft = std::exp(static_cast<double>(mt) - nt);
-      const double sx = x_is_student ? ss.total() : st.total();
+      const double sx = x_is_student ? ss.total() : sst.total();
       if (sx > 0.0) {  // re-base D: shift = (M_x' - M_x) - (M_y' - M_y)
         const double shift =
             x_is_student ? (double(ns) - ms) - (double(nt) - mt) : (double(nt) - mt) - (double(ns) - ms);
         dd = F::online_rebase(dd, sx, shift, x_is_student ? fs : ft);
       }
       if (ns != ms) ss.rescale(fs);
-      if (nt != mt) st.rescale(ft);
+      if (nt != mt) sst.rescale(ft);
       ms = ns;
       mt = nt;
     }
     const b mbs(ms), mbt(mt);
+    // du = u_x - u_y: u_x - u_y (exact near the maxima), or with Raw from the raw logit difference (z_x - z_y) / T -
+    // (M_x - M_y) (exact where the two models' logits agree, at any T; row_params::raw_log_ratio).
+    const b dmb(static_cast<float>(x_is_student ? double(ms) - mt : double(mt) - ms));
+    const auto du = [&](const b& zs, const b& zt, const b& us, const b& ut) {
+      if constexpr (Raw) return x_is_student ? xsimd::fms(zs - zt, it, dmb) : xsimd::fms(zt - zs, it, dmb);
+      else return x_is_student ? b(us - ut) : b(ut - us);
+    };
     // The chunk that holds a running maximum counts the entries AT the maximum apart from the tail (split_sum): its
     // top lane would otherwise add exp(0) = 1 and absorb every tail term below 2^-24 of a confident row.
     const bool hot = cms == ms || cmt == mt;
@@ -127,44 +131,55 @@ inline bool online_row(bool x_is_student, const row_io<S, P, G>& io, const row_p
     };
     std::int64_t j = 0;
     for (; j + width<A> <= len; j += width<A>) {
-      const b us = xsimd::fms(b::load_unaligned(cs + j), it, mbs), ut = xsimd::fms(b::load_unaligned(ct + j), it, mbt);
+      const b zs = b::load_unaligned(cs + j), zt = b::load_unaligned(ct + j);
+      const b us = xsimd::fms(zs, it, mbs), ut = xsimd::fms(zt, it, mbt);
       const b es = exp_nonpos<A>(us), et = exp_nonpos<A>(ut);
       add(us, ut, es, et, xsimd::batch_bool<float, A>(true));
-      ad = x_is_student ? F::online_term(es, us, ut, ad) : F::online_term(et, ut, us, ad);
+      ad = F::online_term(x_is_student ? es : et, du(zs, zt, us, ut), ad);
     }
     if (j < len) {  // tail: pad with 0 (finite), mask the contributions
       const auto m = lane_mask<A>(len - j);
-      const b us = xsimd::fms(load_padded<A>(cs, j, len, 0.0f), it, mbs);
-      const b ut = xsimd::fms(load_padded<A>(ct, j, len, 0.0f), it, mbt);
+      const b zs = load_padded<A>(cs, j, len, 0.0f), zt = load_padded<A>(ct, j, len, 0.0f);
+      const b us = xsimd::fms(zs, it, mbs), ut = xsimd::fms(zt, it, mbt);
       const b es = xsimd::select(m, exp_nonpos<A>(us), b(0.0f)), et = xsimd::select(m, exp_nonpos<A>(ut), b(0.0f));
       add(us, ut, es, et, m);
-      ad = x_is_student ? F::online_term(es, us, ut, ad) : F::online_term(et, ut, us, ad);
+      ad = F::online_term(x_is_student ? es : et, du(zs, zt, us, ut), ad);
     }
     ss.tail += hsum<A>(as);
-    st.tail += hsum<A>(at);
+    sst.tail += hsum<A>(at);
     if (hot) {
       ss.cnt += hsum<A>(ns_);
-      st.cnt += hsum<A>(nt_);
+      sst.cnt += hsum<A>(nt_);
     }
     dd += hsum<A>(ad);
   }
-  if (!(std::isfinite(ss.total()) && std::isfinite(st.total()) && std::isfinite(dd))) return false;
-  const double lns = ss.log(), lnt = st.log();
-  const double lse_s = ms + lns, lse_t = mt + lnt;
-  const row_result chk = check_pass1(lse_s, lse_t, false, false, rp);
-  if (chk.error != row_error::none) {
-    res = chk;
-    return true;
-  }
-  const double loss =
-      x_is_student ? F::online_loss(dd, ss.total(), lns, lnt) : F::online_loss(dd, st.total(), lnt, lns);
-  res.loss = loss;
-  res.error = row_error::none;
-  if (!io.gs && !io.gt) return true;
+  if (!(std::isfinite(ss.total()) && std::isfinite(sst.total()) && std::isfinite(dd))) return false;
+  const double lns = ss.log(), lnt = sst.log();
+  st.s = {static_cast<double>(ms), lns};
+  st.t = {static_cast<double>(mt), lnt};
+  st.online = true;
+  st.res = check_pass1(st.s.value(), st.t.value(), false, false, rp);
+  if (st.res.error != row_error::none) return true;
+  st.res.loss =
+      x_is_student ? F::online_loss(dd, ss.total(), lns, lnt) : F::online_loss(dd, sst.total(), lnt, lns);
+  return true;
+}
 
-  // Pass B: gradients. lq = (ys - Ms) - log Ss, q = exp(lq) (same for p).
-  const b mbs(ms), mbt(mt), ls(static_cast<float>(lns)), lt(static_cast<float>(lnt)), kb(static_cast<float>(loss)),
-      cb(static_cast<float>(rp.c));
+// Pass B: the gradients of a row whose statistics came from online_stats. lq = (ys - Ms) - log Ss, q = exp(lq) (same
+// for p). WithQ adds rp.c_q * q to the student gradient.
+template <class A, class F, bool WithQ, bool Raw, class S, class P, class G>
+inline void online_grad(bool x_is_student, const row_stats<F>& st, const row_io<S, P, G>& io,
+                        const row_params& rp) noexcept {
+  using b = fbatch<A>;
+  const std::int64_t n = io.n;
+  const b it(static_cast<float>(rp.inv_t));
+  alignas(64) float bs[chunk], bt[chunk];
+  const b mbs(static_cast<float>(st.s.max)), mbt(static_cast<float>(st.t.max)), ls(static_cast<float>(st.s.log_sum)),
+      lt(static_cast<float>(st.t.log_sum)), cb(static_cast<float>(rp.c)), cqb(static_cast<float>(rp.c_q));
+  // lx - ly - KL: (lx - ly) - KL, or with Raw (z_x - z_y) / T - k, k = (lse_x - lse_y) + KL from the parts, in double,
+  // rounded once.
+  const double lse_d = (st.s.max - st.t.max) + (st.s.log_sum - st.t.log_sum);
+  const b kb(static_cast<float>(Raw ? (x_is_student ? lse_d : -lse_d) + st.res.loss : st.res.loss));
   grad_sink<A, G> ogs{io.gs, {}}, ogt{io.gt, {}};
   for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
     const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
@@ -180,12 +195,19 @@ inline bool online_row(bool x_is_student, const row_io<S, P, G>& io, const row_p
       b gq, gp;
       if (x_is_student) {  // x = q: gq = grad_x, gp = grad_y
         const b q = exp_nonpos<A>(lq);
-        if (gs) gq = F::online_grad_x(cb, q, lq, lp, kb);
+        if (gs) {
+          gq = F::online_grad_x(cb, q, Raw ? xsimd::fms(zs - zt, it, kb) : b((lq - lp) - kb));
+          if constexpr (WithQ) gq = xsimd::fma(cqb, q, gq);
+        }
         if (gt) gp = F::online_grad_y(cb, lq, lp, q, exp_nonpos<A>(lp));
       } else {  // x = p: gq = grad_y, gp = grad_x
         const b p = exp_nonpos<A>(lp);
-        if (gs) gq = F::online_grad_y(cb, lp, lq, p, exp_nonpos<A>(lq));
-        if (gt) gp = F::online_grad_x(cb, p, lp, lq, kb);
+        if (gs) {
+          const b q = exp_nonpos<A>(lq);
+          gq = F::online_grad_y(cb, lp, lq, p, q);
+          if constexpr (WithQ) gq = xsimd::fma(cqb, q, gq);
+        }
+        if (gt) gp = F::online_grad_x(cb, p, Raw ? xsimd::fms(zt - zs, it, kb) : b((lp - lq) - kb));
       }
       if (gs) store(gs, j, gq);
       if (gt) store(gt, j, gp);
@@ -200,38 +222,32 @@ inline bool online_row(bool x_is_student, const row_io<S, P, G>& io, const row_p
     if (io.gs) ogs.flush(len);
     if (io.gt) ogt.flush(len);
   }
-  return true;
 }
 
 // -------------------------------------------------------------------------------------------------------------------
-// Careful three-pass row of any functor F: x_is_student says whether the functor's x is the student (q) or the teacher.
+// Careful form of any functor F (x_is_student: whether the functor's x is the student q or the teacher p). Statistics:
+// pass 1 log-sum-exps (reporting NaN / +inf / masked rows like the reference), pass 2 the functor's sums.
 template <class A, class F, class S, class P, class G>
-inline void careful_row(F kern, bool x_is_student, const row_io<S, P, G>& io, const row_params& rp,
-                        row_result& res) noexcept {
-  using b = fbatch<A>;
+inline void careful_stats(F kern, bool x_is_student, const row_io<S, P, G>& io, const row_params& rp,
+                          row_stats<F>& st) noexcept {
   const std::int64_t n = io.n;
   const float inv_t = static_cast<float>(rp.inv_t);
   // Pass 1: log-sum-exps, with the reference's error order.
   const online_lse<A> st_s = row_logsumexp<A>(io.zs, n, inv_t), st_t = row_logsumexp<A>(io.zt, n, inv_t);
   const double lse_s = st_s.value(), lse_t = st_t.value();
   constexpr double ninf = -std::numeric_limits<double>::infinity();
-  res = check_pass1(lse_s, lse_t, lse_s == ninf && all_ninf(io.zs, n), lse_t == ninf && all_ninf(io.zt, n), rp);
-  if (res.error != row_error::none) return;
+  st.online = false;
+  st.res = check_pass1(lse_s, lse_t, lse_s == ninf && all_ninf(io.zs, n), lse_t == ninf && all_ninf(io.zt, n), rp);
+  if (st.res.error != row_error::none) return;
+  st.s = {static_cast<double>(st_s.max), st_s.sum.log()};
+  st.t = {static_cast<double>(st_t.max), st_t.sum.log()};
 
-  // Log-probabilities as (y - M) - log S (see online_row for why).
-  const b it(inv_t), ms(st_s.max), mt(st_t.max), ls(static_cast<float>(st_s.sum.log())),
-      lt(static_cast<float>(st_t.sum.log()));
+  using b = fbatch<A>;
+  const b it(inv_t), ms(st_s.max), mt(st_t.max), ls(static_cast<float>(st.s.log_sum)),
+      lt(static_cast<float>(st.t.log_sum));
   const float ninff = -std::numeric_limits<float>::infinity();
   alignas(64) float bs[chunk], bt[chunk];
-  // x / y log-probs of the batch at j of the current chunk (tail lanes padded with -inf: they contribute 0).
-  auto logp = [&](const float* cs, const float* ct, std::int64_t j, std::int64_t len, b& lx, b& ly) {
-    const b lq = xsimd::fms(load_padded<A>(cs, j, len, ninff), it, ms) - ls;
-    const b lp = xsimd::fms(load_padded<A>(ct, j, len, ninff), it, mt) - lt;
-    lx = x_is_student ? lq : lp;
-    ly = x_is_student ? lp : lq;
-  };
-
-  // Pass 2: the functor's sums.
+  // Pass 2: the functor's sums. Log-probabilities as (y - M) - log S (see online_stats for why).
   constexpr int k = F::n_sums;
   double sums[k] = {};
   bool mismatch = false;
@@ -242,11 +258,13 @@ inline void careful_row(F kern, bool x_is_student, const row_io<S, P, G>& io, co
     b acc[k], sum[k], comp[k];
     for (int i = 0; i < k; ++i) sum[i] = comp[i] = b(0.0f);
     xsimd::batch_bool<float, A> mm(false);
-    // The chunk that holds either row's maximum accumulates with compensation (kahan_add; see online_row).
+    // The chunk that holds either row's maximum accumulates with compensation (kahan_add; see online_stats).
     const bool hot = j0 / chunk == st_s.max_chunk || j0 / chunk == st_t.max_chunk;
     for (std::int64_t j = 0; j < len; j += width<A>) {
-      b lx, ly;
-      logp(cs, ct, j, len, lx, ly);
+      const b lq = xsimd::fms(load_padded<A>(cs, j, len, ninff), it, ms) - ls;
+      const b lp = xsimd::fms(load_padded<A>(ct, j, len, ninff), it, mt) - lt;
+      const b& lx = x_is_student ? lq : lp;
+      const b& ly = x_is_student ? lp : lq;
       if (hot) {
         for (int i = 0; i < k; ++i) acc[i] = b(0.0f);
         kern.accumulate(lx, ly, acc, mm);
@@ -259,17 +277,27 @@ inline void careful_row(F kern, bool x_is_student, const row_io<S, P, G>& io, co
     if (xsimd::any(mm)) mismatch = true;
   }
   kern.finish(sums, mismatch);
-  res.loss = kern.loss;
-  if (!std::isfinite(res.loss)) {
-    res.error = row_error::support_mismatch;
-    res.value = res.loss;
-    return;
+  st.f = kern;
+  st.res.loss = kern.loss;
+  if (!std::isfinite(st.res.loss)) {
+    st.res.error = row_error::support_mismatch;
+    st.res.value = st.res.loss;
   }
-  res.error = row_error::none;
-  if (!io.gs && !io.gt) return;
+}
 
-  // Pass 3: gradients.
-  const b cb(static_cast<float>(rp.c));
+// Pass 3: the gradients of a row whose statistics came from careful_stats (tail lanes padded with -inf: they
+// contribute 0). WithQ adds rp.c_q * q to the student gradient.
+template <class A, class F, bool WithQ, class S, class P, class G>
+inline void careful_grad(bool x_is_student, const row_stats<F>& st, const row_io<S, P, G>& io,
+                         const row_params& rp) noexcept {
+  using b = fbatch<A>;
+  const std::int64_t n = io.n;
+  const F& kern = st.f;
+  const b it(static_cast<float>(rp.inv_t)), ms(static_cast<float>(st.s.max)), mt(static_cast<float>(st.t.max)),
+      ls(static_cast<float>(st.s.log_sum)), lt(static_cast<float>(st.t.log_sum));
+  const float ninff = -std::numeric_limits<float>::infinity();
+  alignas(64) float bs[chunk], bt[chunk];
+  const b cb(static_cast<float>(rp.c)), cqb(static_cast<float>(rp.c_q));
   grad_sink<A, G> ogs{io.gs, {}}, ogt{io.gt, {}};
   for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
     const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
@@ -280,10 +308,14 @@ inline void careful_row(F kern, bool x_is_student, const row_io<S, P, G>& io, co
     float* gs = io.gs ? ogs.target() : nullptr;
     float* gt = io.gt ? ogt.target() : nullptr;
     for (std::int64_t j = 0; j < len; j += width<A>) {
-      b lx, ly, gx, gy;
-      logp(cs, ct, j, len, lx, ly);
-      kern.grad(lx, ly, gx, gy);
-      const b gq = cb * (x_is_student ? gx : gy), gp = cb * (x_is_student ? gy : gx);
+      const b lq = xsimd::fms(load_padded<A>(cs, j, len, ninff), it, ms) - ls;
+      const b lp = xsimd::fms(load_padded<A>(ct, j, len, ninff), it, mt) - lt;
+      b gx, gy;
+      if (x_is_student) kern.grad(lq, lp, gx, gy);
+      else kern.grad(lp, lq, gx, gy);
+      b gq = cb * (x_is_student ? gx : gy);
+      const b gp = cb * (x_is_student ? gy : gx);
+      if constexpr (WithQ) gq = xsimd::fma(cqb, exp_nonpos<A>(lq), gq);
       if (gs) store_partial<A>(gs, j, len, gq);
       if (gt) store_partial<A>(gt, j, len, gp);
     }
@@ -292,24 +324,92 @@ inline void careful_row(F kern, bool x_is_student, const row_io<S, P, G>& io, co
   }
 }
 
-// The row kernels of instruction set A, as the shared CPU driver calls them (backend/cpu_driver.hpp).
+// The row kernels of instruction set A, as the shared CPU drivers call them (backend/cpu_driver.hpp,
+// backend/pg_driver.hpp, backend/lm_driver.hpp). The same contract as detail::ref::row_kernels:
+//   stats<E>(f, io, rp, sc)      the row's loss and log-sum-exps (writes nothing)
+//   grad<E>(st, io, rp, sc)      its gradients from those statistics: rp.c times the functor's, plus rp.c_q * q on the
+//                                student side (precondition: st.res.error == none)
+//   row<E>(f, io, rp, sc)        both (the divergence call)
+//   student_lse(z, n, inv_t, sc) a student-only row's log-sum-exp (or why it has none)
+//   softmax_grad(z, n, inv_t, lse, c_q, g)   g_j = c_q q_j
 template <class A>
 struct row_kernels {
   template <class S, class P, class G>
   struct scratch {
     explicit scratch(std::int64_t) {}
   };
+
+  template <class E, class S, class P, class G>
+  static row_stats<typename E::functor> stats(const typename E::functor& f, const row_io<S, P, G>& io,
+                                              const row_params& rp, scratch<S, P, G>&) noexcept {
+    using F = typename E::functor;
+    row_stats<F> st;
+    if constexpr (has_online<F>::value)
+      if (rp.raw_log_ratio ? online_stats<A, F, true>(E::x_is_student, io, rp, st)
+                           : online_stats<A, F, false>(E::x_is_student, io, rp, st)) {
+        st.f = f;  // the online gradient pass takes the loss from st.res
+        return st;
+      }
+    careful_stats<A>(f, E::x_is_student, io, rp, st);
+    return st;
+  }
+
+  template <class E, class S, class P, class G>
+  static void grad(const row_stats<typename E::functor>& st, const row_io<S, P, G>& io, const row_params& rp,
+                   scratch<S, P, G>&) noexcept {
+    using F = typename E::functor;
+    const bool with_q = rp.c_q != 0.0 && io.gs;
+    if constexpr (has_online<F>::value)
+      if (st.online) {
+        if (rp.raw_log_ratio) {
+          if (with_q) online_grad<A, F, true, true>(E::x_is_student, st, io, rp);
+          else online_grad<A, F, false, true>(E::x_is_student, st, io, rp);
+        } else {
+          if (with_q) online_grad<A, F, true, false>(E::x_is_student, st, io, rp);
+          else online_grad<A, F, false, false>(E::x_is_student, st, io, rp);
+        }
+        return;
+      }
+    if (with_q) careful_grad<A, F, true>(E::x_is_student, st, io, rp);
+    else careful_grad<A, F, false>(E::x_is_student, st, io, rp);
+  }
+
   // One row of the divergence entry E with functor f. Writes the gradients (scaled by rp.c) when the row is valid; on an
   // error (or a masked row) writes nothing.
   template <class E, class S, class P, class G>
   static row_result row(const typename E::functor& f, const row_io<S, P, G>& io, const row_params& rp,
-                        scratch<S, P, G>&) noexcept {
-    using F = typename E::functor;
-    row_result res;
-    if constexpr (has_online<F>::value)
-      if (online_row<A, F>(E::x_is_student, io, rp, res)) return res;
-    careful_row<A>(f, E::x_is_student, io, rp, res);
-    return res;
+                        scratch<S, P, G>& sc) noexcept {
+    const auto st = stats<E>(f, io, rp, sc);
+    if (st.res.error == row_error::none && (io.gs || io.gt)) grad<E>(st, io, rp, sc);
+    return st.res;
+  }
+
+  template <class S, class Scratch>
+  static lse_result student_lse(const S* z, std::int64_t n, double inv_t, Scratch&) noexcept {
+    const online_lse<A> l = row_logsumexp<A>(z, n, static_cast<float>(inv_t));
+    const double v = l.value();
+    return check_student_lse({static_cast<double>(l.max), l.sum.log()}, v,
+                             v == -std::numeric_limits<double>::infinity() && all_ninf(z, n));
+  }
+
+  // g_j = c_q q_j, q_j = exp((z_j / T - max) - log_sum) (masked entries exactly 0).
+  template <class S, class G>
+  static void softmax_grad(const S* z, std::int64_t n, double inv_t, const row_lse& lse, double c_q, G* g) noexcept {
+    using b = fbatch<A>;
+    const b it(static_cast<float>(inv_t)), mb(static_cast<float>(lse.max)), ls(static_cast<float>(lse.log_sum)),
+        cqb(static_cast<float>(c_q));
+    const float ninff = -std::numeric_limits<float>::infinity();
+    alignas(64) float bz[chunk];
+    grad_sink<A, G> og{g, {}};
+    for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
+      const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
+      const float* cz = load_chunk<A>(z + j0, len, bz);
+      og.dst = g + j0;
+      float* t = og.target();
+      for (std::int64_t j = 0; j < len; j += width<A>)
+        store_partial<A>(t, j, len, cqb * exp_nonpos<A>(xsimd::fms(load_padded<A>(cz, j, len, ninff), it, mb) - ls));
+      og.flush(len);
+    }
   }
 };
 

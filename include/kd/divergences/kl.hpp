@@ -39,18 +39,21 @@ struct kl_row {
     using S = scalar_t<V>;
     const V x = M::exp_nonpos(lx), y = M::exp_nonpos(ly);
     gy = exp_diff(ly, lx, y, x);
-    gx = M::select(M::is_ninf(lx), V(S(0)), x * ((lx - ly) - V(static_cast<S>(loss))));
+    // x_j = 0 -> exactly 0, also where x underflowed from a finite lx: the log-ratio may overflow there (logits near
+    // -FLT_MAX), and 0 * inf would be NaN (found by fuzzing the policy gradient).
+    gx = M::select(M::is_ninf(lx) || x == V(S(0)), V(S(0)), x * ((lx - ly) - V(static_cast<S>(loss))));
   }
 
   // Online form, for rows without -inf / NaN / +inf (the drivers' fused two-pass path): with running maxima M of
   // y = z / T, u = y - M and e = exp(u) per side, one pass accumulates S_x = sum e_x, S_y = sum e_y and
-  //   D = sum_j e_x,j ((y_x,j - M_x) - (y_y,j - M_y)),   then   KL(x || y) = D / S_x - log S_x + log S_y.
-  // D's term, and its re-basing when a running maximum moves (M' = new maxima, f_x = exp(M_x - M_x')):
-  //   D' = (D - S_x ((M_x' - M_x) - (M_y' - M_y))) f_x.
+  //   D = sum_j e_x,j du_j,  du_j = (y_x,j - M_x) - (y_y,j - M_y),   then   KL(x || y) = D / S_x - log S_x + log S_y.
+  // The driver forms du as u_x - u_y (exact near the maxima) or from the raw logit difference, (z_x - z_y) / T -
+  // (M_x - M_y) (exact where the models agree, even at low T where |z| / T is large; docs/pitfalls.md #14). D's re-basing when a running maximum moves
+  // (M' = new maxima, f_x = exp(M_x - M_x')):  D' = (D - S_x ((M_x' - M_x) - (M_y' - M_y))) f_x.
   static constexpr bool has_online = true;
   template <class V>
-  static KD_ROW_INLINE V online_term(const V& ex, const V& ux, const V& uy, const V& acc) noexcept {
-    return ops<V>::fma(ex, ux - uy, acc);
+  static KD_ROW_INLINE V online_term(const V& ex, const V& du, const V& acc) noexcept {
+    return ops<V>::fma(ex, du, acc);
   }
   static KD_HD double online_rebase(double d, double sx, double shift, double fx) noexcept {
     return (d - sx * shift) * fx;
@@ -59,10 +62,12 @@ struct kl_row {
     return d / sx - log_sx + log_sy;
   }
   // Scaled gradients of the online path from log-probabilities lx, ly, x = exp(lx), y = exp(ly): c x (lx - ly - KL),
-  // c (y - x) (exp_diff: accurate where both are near 1).
+  // c (y - x) (exp_diff: accurate where both are near 1). d_kl = lx - ly - KL, formed by the driver (as (lx - ly) - KL,
+  // or from the raw logit difference as (z_x - z_y) / T - (lse_x - lse_y + KL) with one rounded constant).
   template <class V>
-  static KD_ROW_INLINE V online_grad_x(const V& c, const V& x, const V& lx, const V& ly, const V& kl) noexcept {
-    return c * x * ((lx - ly) - kl);
+  static KD_ROW_INLINE V online_grad_x(const V& c, const V& x, const V& d_kl) noexcept {
+    using S = scalar_t<V>;
+    return ops<V>::select(x == V(S(0)), V(S(0)), c * x * d_kl);  // x = 0: exactly 0 (see grad)
   }
   template <class V>
   static KD_ROW_INLINE V online_grad_y(const V& c, const V& lx, const V& ly, const V& x, const V& y) noexcept {
