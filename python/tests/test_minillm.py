@@ -1,7 +1,8 @@
 """The MiniLLM policy-gradient loss (kd::policy_gradient) against the estimator written with PyTorch ops in this file
 (rewards, valid-position returns, length normalizations, whitening, PPO ratio and clip, single-step KL, LM term), and
-the on-policy helpers. Tolerance: kd's policy gradient runs on the double-precision reference backend; the loss and the
-gradient are rounded once to float32: 1e-6 norm-relative (~16 u of float32)."""
+the on-policy helpers. Tolerance: float32 / 16-bit inputs run on kd's SIMD kernels (kd::dispatch) in float32 arithmetic, float64 inputs
+on the double-precision reference backend: 1e-5 norm-relative for float32 arithmetic (~170 u of float32, as
+test_formulas.py), 1e-12 for float64; a 16-bit gradient is additionally rounded once to its format (2^-8 for bf16)."""
 import math
 
 import pytest
@@ -91,11 +92,11 @@ def _compare(kd_kw, ref_kw, dtype=torch.float32, padded=True, old=False):
     sr = s.double().clone().requires_grad_()
     ref, A, r = reference_loss(sr, t, y, mask, old=old_lp, **ref_kw)
     ref.backward()
-    assert abs(out.loss.item() - ref.item()) <= 1e-6 * max(abs(ref.item()), 1.0), (out.loss.item(), ref.item())
-    tol = 1e-6 if dtype != torch.bfloat16 else 2.0 ** -8
+    assert abs(out.loss.item() - ref.item()) <= 1e-5 * max(abs(ref.item()), 1.0), (out.loss.item(), ref.item())
+    tol = 1e-5 if dtype != torch.bfloat16 else 2.0 ** -8 + 1e-5
     assert norm_rel(sk.grad, sr.grad) <= tol, norm_rel(sk.grad, sr.grad)
-    assert norm_rel(out.advantages, torch.where(mask, A, 0.0)) <= 1e-6
-    assert norm_rel(out.rewards, torch.where(mask, r, 0.0)) <= 1e-6
+    assert norm_rel(out.advantages, torch.where(mask, A, 0.0)) <= 1e-5
+    assert norm_rel(out.rewards, torch.where(mask, r, 0.0)) <= 1e-5
     assert bool((sk.grad[~mask] == 0).all())
     return out
 
@@ -132,8 +133,8 @@ def test_no_single_step_and_lm_term():
     sr = s.double().clone().requires_grad_()
     ref, _, _ = reference_loss(sr, t, y, mask, norm="none", single_step=False, lm_weight=0.5, lm_labels=lab)
     ref.backward()
-    assert abs(loss.item() - ref.item()) <= 1e-6 * abs(ref.item())
-    assert norm_rel(sk.grad, sr.grad) <= 1e-6
+    assert abs(loss.item() - ref.item()) <= 1e-5 * abs(ref.item())
+    assert norm_rel(sk.grad, sr.grad) <= 1e-5
 
 
 def test_bfloat16_logits():
@@ -145,7 +146,7 @@ def test_module_and_num_items():
     crit = kd_torch.minillm.MiniLLMLoss(preset="on_policy")
     a = crit(s, t, y, mask, num_items_in_batch=30)
     b = minillm_loss(s, t, y, mask, preset="on_policy", reduction="sum")
-    assert abs(a.item() - b.item() / 30) <= 1e-6 * abs(b.item())
+    assert abs(a.item() - b.item() / 30) <= 1e-5 * abs(b.item())
 
 
 def test_helpers():
@@ -154,15 +155,15 @@ def test_helpers():
     ls, lt = torch.log_softmax(s.double() / 2, -1), torch.log_softmax(t.double() / 2, -1)
     yy = torch.where(mask, y, 0)[..., None]
     want = torch.where(mask, (lt.gather(-1, yy) - ls.gather(-1, yy))[..., 0], 0.0)
-    assert norm_rel(r, want) <= 1e-6
-    assert norm_rel(lq[mask], ls.gather(-1, yy)[..., 0][mask]) <= 1e-6
+    assert norm_rel(r, want) <= 1e-5
+    assert norm_rel(lq[mask], ls.gather(-1, yy)[..., 0][mask]) <= 1e-5
     kl = token_reverse_kl(s, t, mask)
     l1, l2 = torch.log_softmax(s.double(), -1), torch.log_softmax(t.double(), -1)
     assert norm_rel(kl, torch.where(mask, (l1.exp() * (l1 - l2)).sum(-1), 0.0)) <= 1e-5
     # pg_advantages == the fused call's advantages for the same rewards and options.
     out = minillm_loss(s, t, y, mask, length_norm="reference", gamma=0.9, whiten=True, return_outputs=True)
     adv = pg_advantages(out.rewards, mask, gamma=0.9, length_norm="reference", whiten=True)
-    assert norm_rel(adv, out.advantages) <= 1e-6
+    assert norm_rel(adv, out.advantages) <= 1e-5
     assert torch.equal(pg_advantages(r, mask), torch.where(mask, r, 0.0))  # gamma = 0: A_t = r_t
 
 

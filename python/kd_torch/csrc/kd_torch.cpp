@@ -8,6 +8,7 @@
 //   CPU, student and teacher float32 / bfloat16 / float16 of the same dtype -> kd::dispatch_backend (SIMD, instruction set
 //        chosen at run time, at::get_num_threads() threads)
 //   CPU, float64                                                       -> kd::reference_backend (the double oracle)
+//   The policy gradient follows the same rule (pg_backend).
 //   CUDA                                                               -> kd has no CUDA backend yet: NotImplementedError
 //                                                                         (the seam: KD_TORCH_WITH_CUDA)
 // Errors: kd::status values become c10::ValueError (shapes, ranges, non-finite values: Python ValueError), dtypes
@@ -66,9 +67,13 @@ std::vector<std::string> available_simd_isas() {
 
 kd::dispatch_backend dispatch() { return kd::dispatch_backend{current_isa(), at::get_num_threads()}; }
 
-// The policy gradient and the LM loss run on this backend. kd::dispatch_backend support for them is being added on
-// main; until it lands they use the double-precision reference (single-threaded). Switching is this one line.
-inline kd::reference_backend pg_backend() { return kd::reference_backend{}; }
+// The policy gradient's backend for element type S: kd::dispatch_backend (SIMD, run-time instruction set, torch's
+// threads) for float32 / bfloat16 / float16, the double-precision reference for float64 (as the divergences).
+template <class S>
+auto pg_backend() {
+  if constexpr (std::is_same_v<S, double>) return kd::reference_backend{};
+  else return dispatch();
+}
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Gradient buffers. The N x V gradient is written once by kd; for large buffers the first-touch page faults of 4 KiB
@@ -513,7 +518,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> policy_gradie
     out.log_probs = lp.mutable_data_ptr<float>();
     raise_if_error(kd::policy_gradient(kd::student_logits(cptr<S>(student), rows, V, st_s),
                                        kd::teacher_logits(cptr<S>(teacher), rows, V, st_t), seq, o, out, diag,
-                                       pg_backend()),
+                                       pg_backend<S>()),
                    names);
   });
   const bool f64 = student.scalar_type() == at::kDouble;
