@@ -1,14 +1,18 @@
 // Rows where one token dominates (a confident teacher / student, 16-40 nats ahead of the rest) and near-identical rows:
 // the float32 SIMD backend against the double reference (docs/numerics.md, "Confident rows").
 //
-// Tolerances (from the requirement and the float format): per-row losses within 1e-5 relative or 1e-12 nats
-// absolute, whichever is larger, for every divergence; gradients of the KL family within 3e-5 of the row's largest
-// entry (the target is 1e-5, see below). JSD, skew and TVD gradients are not yet within these bounds on such rows: their
-// tail terms are formed from log-probabilities of magnitude ~gap whose float32 rounding (~gap 2^-24) the gradient's
-// centring amplifies (docs/numerics.md). The losses of such
-// rows are functions of the tail mass V e^-gap, which float32 lane sums used to round away against the top token's
-// exp(0) = 1 (errors of 0.4% to 60% before the fix); the reference itself is accurate there because it counts the
-// entries at the maximum apart from the tail (log S = log(cnt) + log1p(tail / cnt)).
+// Tolerances: per-row losses within 1e-5 relative or 1e-12 nats absolute, whichever is larger, and gradients within
+// 1e-5 of the row's largest entry or the float32 floor bound derived in check_dominant, whichever is larger, for every
+// registered divergence. A confident row's losses and gradients are functions of its tail (mass ~V e^-gap): float32
+// lane sums used to round the tail away against the top token's exp(0) = 1 (losses off by 0.4% to 60%, gradients by
+// up to 4.5% of the largest entry); log-ratios formed from two log-probabilities of size ~gap carried ~gap 2^-24
+// absolute error into every tail term (JSD and skew gradients off by up to 2e-3 of the largest entry); the top token's
+// centring s_j - sum_i y_i s_i (TVD) was of the size of the tail mass while y_top rounded to 1 (errors of 100%), and
+// xsimd's sign() turned padded lanes into NaN gradients. Measured worst now on this grid: 2.2e-5 of the largest entry
+// (jsd(0.1), V = 32k, gap 30), 1.4e-5 (jsd(0.5)), 1.3e-5 (forward KL, V = 1000, gap 16, T = 2: two tails within 2%
+// of each other), all others below 1e-5; each within 1/6 of the floor bound (docs/numerics.md, "Confident rows").
+// The reference itself is accurate there because it counts the entries at the maximum apart from the tail
+// (log S = log(cnt) + log1p(tail / cnt)) and works in double.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -73,11 +77,33 @@ void check_dominant(const Backend& be, const kd::divergence& d, const dom_case& 
     if (!check_grad) continue;
     double gm = 0.0, ge = 0.0;
     for (std::int64_t j = 0; j < c.V; ++j) gm = std::max(gm, std::abs(gd[j]));
-    for (std::int64_t j = 0; j < c.V; ++j) ge = std::max(ge, std::abs(gs[r * c.V + j] - gd[j]));
-    INFO("gradient error " << ge << " of largest entry " << gm);
-    // The target is 1e-5 of the largest entry; measured worst on this grid 2.2e-5 (forward KL at gap 16-25, T = 2,
-    // V = 1000: a tail-side error not yet found; still open, docs/numerics.md). Before the fix: up to 4.5e-2.
-    CHECK(ge <= 3e-5 * gm);
+    for (std::int64_t j = 0; j < c.V; ++j) {
+      const double e = std::abs(gs[r * c.V + j] - gd[j]);
+      if (!(e <= ge)) ge = e;  // NaN-aware: a NaN entry makes ge NaN and fails the check below
+    }
+    // The target is 1e-5 of the largest entry. Its floor in float32: every tail entry's exponent u_j = z_j / T - M is
+    // a float of size up to umax ~ gap + |z|max / T, rounded to 2^-24 umax, so every tail sum (the log-sum-exps, the
+    // functors' sums) carries up to 2^-24 umax of the tail mass t = 1 - p_max, and the top token's gradient is a
+    // combination of such sums with O(1) coefficients: c (t_s + t_t) 2^-24 umax, k = 4 for the few sums involved.
+    // Where that exceeds 1e-5 of the largest entry (rows whose two tails nearly cancel) it is the bound; measured
+    // worst 2.2e-5 of the largest entry, within 1/6 of this bound (docs/numerics.md).
+    const double c_scale = 1.0 / c.T;  // reduction sum, weight 1, no T^2: c = 1 / T
+    double mz_s = -HUGE_VAL, mz_t = -HUGE_VAL;
+    for (std::int64_t j = 0; j < c.V; ++j) {
+      mz_s = std::max(mz_s, double(zs[r * c.V + j]) / c.T);
+      mz_t = std::max(mz_t, double(zt[r * c.V + j]) / c.T);
+    }
+    double ss = 0.0, stt = 0.0, umax = 0.0;
+    for (std::int64_t j = 0; j < c.V; ++j) {
+      const double us = double(zs[r * c.V + j]) / c.T - mz_s, ut = double(zt[r * c.V + j]) / c.T - mz_t;
+      ss += std::exp(us);
+      stt += std::exp(ut);
+      umax = std::max({umax, -us, -ut});
+    }
+    const double tail = (1.0 - 1.0 / ss) + (1.0 - 1.0 / stt);  // 1 - p_max per side
+    const double floor_bound = 4.0 * c_scale * tail * std::ldexp(umax, -24);
+    INFO("gradient error " << ge << " of largest entry " << gm << " (float32 floor bound " << floor_bound << ")");
+    CHECK(ge <= std::max(1e-5 * gm, floor_bound));
   }
 }
 
@@ -96,7 +122,7 @@ void dominant_grid(const Backend& be, bool full) {
     for (std::int64_t V : {1000, 32000 + 7, 150000}) {
       if ((!full || !kl_family(d)) && V == 150000) continue;  // 150k: the KL family (time)
       for (double gap : {0.0, 16.0, 20.0, 25.0, 30.0, 40.0})
-        for (double T : {1.0, 2.0}) check_dominant(be, d, {V, gap, T, seed++}, kl_family(d));
+        for (double T : {1.0, 2.0}) check_dominant(be, d, {V, gap, T, seed++}, true);
     }
   }
   if (!full) return;
@@ -107,7 +133,7 @@ void dominant_grid(const Backend& be, bool full) {
 
 }  // namespace
 
-TEST_CASE("confident rows: float32 losses within 1e-5 of the double reference, KL gradients within 1e-5 of the max",
+TEST_CASE("confident rows: float32 losses within 1e-5 of the double reference, gradients within 1e-5 of the max",
           "[dominant]") {
   dominant_grid(kd::simd_backend<>{}, true);
 }

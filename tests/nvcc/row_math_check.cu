@@ -49,12 +49,12 @@ __global__ void kd_nvcc_check_kernel(const float* lx, const float* ly, float* ou
     F f = kd::entry::make(0.5, 0.5);                            \
     float acc[F::n_sums] = {};                                  \
     bool mismatch = false;                                      \
-    f.accumulate(lx[j], ly[j], acc, mismatch);                  \
+    f.accumulate(lx[j], ly[j], lx[j] - ly[j], acc, mismatch);    \
     double sums[F::n_sums];                                     \
     for (int i = 0; i < F::n_sums; ++i) sums[i] = acc[i];       \
     f.finish(sums, mismatch);                                   \
     float gx, gy;                                               \
-    f.grad(lx[j], ly[j], gx, gy);                               \
+    f.grad(lx[j], ly[j], lx[j] - ly[j], gx, gy);                 \
     total += acc[0] + gx + gy;                                  \
   }
   KD_DIVERGENCES(KD_NVCC_ONE_)

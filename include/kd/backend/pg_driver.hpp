@@ -167,7 +167,8 @@ status run(const Executor& exec, const student_input<S>& student, const teacher_
           F f = E::make(0.0, 0.0);
           f.loss = s.kl;
           double gx, gy;
-          f.grad(lq, K::log_prob(t, j, inv_t, x.t), gx, gy);
+          const double lp = K::log_prob(t, j, inv_t, x.t);
+          f.grad(lq, lp, lq - lp, gx, gy);
           v += s.c_single * gx;
         }
         return inv_t * v;

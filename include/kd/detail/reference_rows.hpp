@@ -19,13 +19,13 @@
 KD_BEGIN_NAMESPACE
 namespace detail::ref {
 
-// The loss of functor f over one row of log-probabilities lx, ly (finish() applied, so f then holds the row constants
+// The loss of functor f over one row of log-probabilities lx, ly, d = lx - ly in double (finish() applied, so f then holds the row constants
 // its grad() needs).
 template <class F>
 inline double functor_row_loss(F& f, const double* lx, const double* ly, std::int64_t n) noexcept {
   double sums[F::n_sums] = {};
   bool mismatch = false;
-  for (std::int64_t j = 0; j < n; ++j) f.accumulate(lx[j], ly[j], sums, mismatch);
+  for (std::int64_t j = 0; j < n; ++j) f.accumulate(lx[j], ly[j], lx[j] - ly[j], sums, mismatch);
   f.finish(sums, mismatch);
   return f.loss;
 }
@@ -70,7 +70,7 @@ struct row_kernels {
     const double* ly = E::x_is_student ? lp : lq;
     for (std::int64_t j = 0; j < n; ++j) {
       double gx, gy;
-      st.f.grad(lx[j], ly[j], gx, gy);
+      st.f.grad(lx[j], ly[j], lx[j] - ly[j], gx, gy);
       const double gq = E::x_is_student ? gx : gy, gp = E::x_is_student ? gy : gx;
       if (io.gs) io.gs[j] = from_double<G>(rp.c_q != 0.0 ? rp.c * gq + rp.c_q * std::exp(lq[j]) : rp.c * gq);
       if (io.gt) io.gt[j] = from_double<G>(rp.c * gp);

@@ -82,6 +82,23 @@ KD_SIMD_INLINE fbatch<A> log_ratio_kl(const fbatch<A>& zd, const fbatch<A>& it, 
     return lratio - kb;
 }
 
+// d = lx - ly of the careful passes, per lane (raw_lane) in one of two forms, each exact where its inputs are small:
+//   from the max-relative u's:  (u_x - u_y) - (log S_x - log S_y), the constant ku taken in double and rounded once
+//                               (exact near both maxima: a confident row's top token, whose d is tail-sized);
+//   raw:                        (z_x - z_y) / T - (lse_x - lse_y), the constant as a float pair k_hi + k_lo (rounded
+//                               once to float it would shift every raw lane's d by the same ~2^-24 |k|, an error that
+//                               does not average out over the row).
+// A confident row's tail has u_x, u_y ~ -gap, whose difference carries ~gap 2^-24 absolute rounding; the raw form
+// carries that of the logit difference alone. The functors take d for every log-ratio they need
+// (kd/divergences/row_math.hpp). Lanes with a -inf logit take the u form (+-inf, or NaN where both are -inf: the
+// functors mask those). ux, uy: the x and y sides' u; zd = z_x - z_y.
+template <class A>
+KD_SIMD_INLINE fbatch<A> careful_log_ratio(const fbatch<A>& zd, const fbatch<A>& it, const fbatch<A>& ux,
+                                           const fbatch<A>& uy, const fbatch<A>& ku, const fbatch<A>& k_hi,
+                                           const fbatch<A>& k_lo) noexcept {
+  return xsimd::select(raw_lane<A>(zd, it, ux, uy), xsimd::fms(zd, it, k_hi) - k_lo, (ux - uy) - ku);
+}
+
 // -------------------------------------------------------------------------------------------------------------------
 // Online form of a functor F with one (KL(x || y): F::online_*): the statistics pass (pass A) and the gradient pass
 // (pass B). x_is_student selects which side is x. Precision: log-probabilities are formed as (y - M) - log S, never
@@ -202,7 +219,8 @@ inline void online_grad(bool x_is_student, const row_stats<F>& st, const row_io<
   const b it(static_cast<float>(rp.inv_t));
   alignas(64) float bs[chunk], bt[chunk];
   const b mbs(static_cast<float>(st.s.max)), mbt(static_cast<float>(st.t.max)), ls(static_cast<float>(st.s.log_sum)),
-      lt(static_cast<float>(st.t.log_sum)), cb(static_cast<float>(rp.c)), cqb(static_cast<float>(rp.c_q));
+      lt(static_cast<float>(st.t.log_sum)), cb(static_cast<float>(rp.c)), cqb(static_cast<float>(rp.c_q)),
+      lsd(static_cast<float>(st.s.log_sum - st.t.log_sum));
   // lx - ly - KL: (lx - ly) - KL, or with Raw (z_x - z_y) / T - k, k = (lse_x - lse_y) + KL from the parts, in double,
   // rounded once.
   const double lse_d = (st.s.max - st.t.max) + (st.s.log_sum - st.t.log_sum);
@@ -220,22 +238,25 @@ inline void online_grad(bool x_is_student, const row_stats<F>& st, const row_io<
     auto body = [&](std::int64_t j, const b& zs, const b& zt, auto store) {
       const b us = xsimd::fms(zs, it, mbs), ut = xsimd::fms(zt, it, mbt);
       const b lq = us - ls, lp = ut - lt;
+      // lq - lp as (u_s - u_t) - (log S_s - log S_t), the constant taken in double and rounded once: exact near the
+      // maxima (a confident row's top token, whose gradient is a difference of tail-sized log-probabilities).
+      const b dqp = (us - ut) - lsd;
       b gq, gp;
       if (x_is_student) {  // x = q: gq = grad_x, gp = grad_y
         const b q = exp_nonpos<A>(lq);
         if (gs) {
-          gq = F::online_grad_x(cb, q, log_ratio_kl<A, Raw>(zs - zt, it, us, ut, lq - lp, kb, kub));
+          gq = F::online_grad_x(cb, q, log_ratio_kl<A, Raw>(zs - zt, it, us, ut, dqp, kb, kub));
           if constexpr (WithQ) gq = xsimd::fma(cqb, q, gq);
         }
-        if (gt) gp = F::online_grad_y(cb, lq, lp, q, exp_nonpos<A>(lp));
+        if (gt) gp = F::online_grad_y(cb, dqp, q, exp_nonpos<A>(lp));
       } else {  // x = p: gq = grad_y, gp = grad_x
         const b p = exp_nonpos<A>(lp);
         if (gs) {
           const b q = exp_nonpos<A>(lq);
-          gq = F::online_grad_y(cb, lp, lq, p, q);
+          gq = F::online_grad_y(cb, -dqp, p, q);
           if constexpr (WithQ) gq = xsimd::fma(cqb, q, gq);
         }
-        if (gt) gp = F::online_grad_x(cb, p, log_ratio_kl<A, Raw>(zt - zs, it, us, ut, lp - lq, kb, kub));
+        if (gt) gp = F::online_grad_x(cb, p, log_ratio_kl<A, Raw>(zt - zs, it, us, ut, -dqp, kb, kub));
       }
       if (gs) store(gs, j, gq);
       if (gt) store(gt, j, gp);
@@ -250,6 +271,19 @@ inline void online_grad(bool x_is_student, const row_stats<F>& st, const row_io<
     if (io.gs) ogs.flush(len);
     if (io.gt) ogt.flush(len);
   }
+}
+
+// careful_log_ratio's row constants, from the row's parts in double: lse_x - lse_y as a float pair hi + lo, and
+// log S_x - log S_y rounded once.
+struct log_ratio_constants {
+  float hi, lo, ku;
+};
+template <class F>
+inline log_ratio_constants careful_constants(bool x_is_student, const row_stats<F>& st) noexcept {
+  const double v0 = (st.s.max - st.t.max) + (st.s.log_sum - st.t.log_sum), ku0 = st.s.log_sum - st.t.log_sum;
+  const double v = x_is_student ? v0 : -v0;
+  const float hi = static_cast<float>(v);
+  return {hi, static_cast<float>(v - static_cast<double>(hi)), static_cast<float>(x_is_student ? ku0 : -ku0)};
 }
 
 // -------------------------------------------------------------------------------------------------------------------
@@ -273,6 +307,8 @@ inline void careful_stats(F kern, bool x_is_student, const row_io<S, P, G>& io, 
   using b = fbatch<A>;
   const b it(inv_t), ms(st_s.max), mt(st_t.max), ls(static_cast<float>(st.s.log_sum)),
       lt(static_cast<float>(st.t.log_sum));
+  const log_ratio_constants kc = careful_constants(x_is_student, st);
+  const b k_hi(kc.hi), k_lo(kc.lo), ku(kc.ku);
   const float ninff = -std::numeric_limits<float>::infinity();
   alignas(64) float bs[chunk], bt[chunk];
   // Pass 2: the functor's sums. Log-probabilities as (y - M) - log S (see online_stats for why).
@@ -289,16 +325,19 @@ inline void careful_stats(F kern, bool x_is_student, const row_io<S, P, G>& io, 
     // The chunk that holds either row's maximum accumulates with compensation (kahan_add; see online_stats).
     const bool hot = j0 / chunk == st_s.max_chunk || j0 / chunk == st_t.max_chunk;
     for (std::int64_t j = 0; j < len; j += width<A>) {
-      const b lq = xsimd::fms(load_padded<A>(cs, j, len, ninff), it, ms) - ls;
-      const b lp = xsimd::fms(load_padded<A>(ct, j, len, ninff), it, mt) - lt;
+      const b zs = load_padded<A>(cs, j, len, ninff), zt = load_padded<A>(ct, j, len, ninff);
+      const b us = xsimd::fms(zs, it, ms), ut = xsimd::fms(zt, it, mt);
+      const b lq = us - ls, lp = ut - lt;
       const b& lx = x_is_student ? lq : lp;
       const b& ly = x_is_student ? lp : lq;
+      const b d = x_is_student ? careful_log_ratio<A>(zs - zt, it, us, ut, ku, k_hi, k_lo)
+                               : careful_log_ratio<A>(zt - zs, it, ut, us, ku, k_hi, k_lo);
       if (hot) {
         for (int i = 0; i < k; ++i) acc[i] = b(0.0f);
-        kern.accumulate(lx, ly, acc, mm);
+        kern.accumulate(lx, ly, d, acc, mm);
         for (int i = 0; i < k; ++i) kahan_add<A>(sum[i], comp[i], acc[i]);
       } else {
-        kern.accumulate(lx, ly, sum, mm);
+        kern.accumulate(lx, ly, d, sum, mm);
       }
     }
     for (int i = 0; i < k; ++i) sums[i] += hsum<A>(sum[i]) + hsum<A>(comp[i]);
@@ -323,6 +362,8 @@ inline void careful_grad(bool x_is_student, const row_stats<F>& st, const row_io
   const F& kern = st.f;
   const b it(static_cast<float>(rp.inv_t)), ms(static_cast<float>(st.s.max)), mt(static_cast<float>(st.t.max)),
       ls(static_cast<float>(st.s.log_sum)), lt(static_cast<float>(st.t.log_sum));
+  const log_ratio_constants kc = careful_constants(x_is_student, st);
+  const b k_hi(kc.hi), k_lo(kc.lo), ku(kc.ku);
   const float ninff = -std::numeric_limits<float>::infinity();
   alignas(64) float bs[chunk], bt[chunk];
   const b cb(static_cast<float>(rp.c)), cqb(static_cast<float>(rp.c_q));
@@ -336,11 +377,12 @@ inline void careful_grad(bool x_is_student, const row_stats<F>& st, const row_io
     float* gs = io.gs ? ogs.target() : nullptr;
     float* gt = io.gt ? ogt.target() : nullptr;
     for (std::int64_t j = 0; j < len; j += width<A>) {
-      const b lq = xsimd::fms(load_padded<A>(cs, j, len, ninff), it, ms) - ls;
-      const b lp = xsimd::fms(load_padded<A>(ct, j, len, ninff), it, mt) - lt;
+      const b zs = load_padded<A>(cs, j, len, ninff), zt = load_padded<A>(ct, j, len, ninff);
+      const b us = xsimd::fms(zs, it, ms), ut = xsimd::fms(zt, it, mt);
+      const b lq = us - ls, lp = ut - lt;
       b gx, gy;
-      if (x_is_student) kern.grad(lq, lp, gx, gy);
-      else kern.grad(lp, lq, gx, gy);
+      if (x_is_student) kern.grad(lq, lp, careful_log_ratio<A>(zs - zt, it, us, ut, ku, k_hi, k_lo), gx, gy);
+      else kern.grad(lp, lq, careful_log_ratio<A>(zt - zs, it, ut, us, ku, k_hi, k_lo), gx, gy);
       b gq = cb * (x_is_student ? gx : gy);
       const b gp = cb * (x_is_student ? gy : gx);
       if constexpr (WithQ) gq = xsimd::fma(cqb, exp_nonpos<A>(lq), gq);

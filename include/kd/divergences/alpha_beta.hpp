@@ -7,7 +7,7 @@
 // (alpha, beta) = (1, 0) is forward KL and (0, 1) reverse KL exactly (endpoint rules). Parameters: alpha, beta in {0} U [1e-30, 1] (the float32 relative error of
 // x^s grows as 2^-24 s |log x|: larger exponents are ill-conditioned in float32).
 //
-// Row math, in (x, y) form with x = p, y = q, lx, ly log-probabilities, d = lx - ly. Per entry, with x^a y^b computed in
+// Row math, in (x, y) form with x = p, y = q, lx, ly log-probabilities, d = lx - ly (as the driver forms it). Per entry, with x^a y^b computed in
 // log space as exp(a lx + b ly):
 //   v_j = x_j dD/dx_j = (x^s - x^a y^b) / b = x^a y^b expm1(b d) / b      (-> x^a d as b -> 0)
 //   w_j = y_j dD/dy_j = (y^s - x^a y^b) / a = x^a y^b expm1(-a d) / a     (-> -x^a y^b d as a -> 0)
@@ -36,13 +36,12 @@ struct alpha_beta_row {
 
   // v, w and D_j of one entry (see above).
   template <class V>
-  KD_ROW_INLINE void terms(const V& lx, const V& ly, V& v, V& w, V& dj) const noexcept {
+  KD_ROW_INLINE void terms(const V& lx, const V& ly, const V& d, V& v, V& w, V& dj) const noexcept {
     using M = ops<V>;
     using S = scalar_t<V>;
     const V zero(S(0)), one(S(1)), inf(infinity<S>());
     const V A(static_cast<S>(a)), B(static_cast<S>(b)), s(static_cast<S>(a + b));
     const auto xz = M::is_ninf(lx), yz = M::is_ninf(ly);
-    const V d = lx - ly;
     const V pw = M::exp_nonpos(M::fma(A, lx, B * ly));  // x^a y^b (NaN lanes where a = 0, lx = -inf: replaced below)
     V vr, wr;
     if (b == 0.0) {
@@ -69,9 +68,9 @@ struct alpha_beta_row {
     }
   }
   template <class V>
-  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, V* acc, mask_t<V>&) const noexcept {
+  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, const V& d, V* acc, mask_t<V>&) const noexcept {
     V v, w, dj;
-    terms(lx, ly, v, w, dj);
+    terms(lx, ly, d, v, w, dj);
     acc[0] += dj;
     acc[1] += v;
     acc[2] += w;
@@ -82,11 +81,11 @@ struct alpha_beta_row {
     sw = s[2];
   }
   template <class V>
-  KD_ROW_INLINE void grad(const V& lx, const V& ly, V& gx, V& gy) const noexcept {
+  KD_ROW_INLINE void grad(const V& lx, const V& ly, const V& d, V& gx, V& gy) const noexcept {
     using M = ops<V>;
     using S = scalar_t<V>;
     V v, w, dj;
-    terms(lx, ly, v, w, dj);
+    terms(lx, ly, d, v, w, dj);
     gx = M::fnma(M::exp_nonpos(lx), V(static_cast<S>(sv)), v);
     gy = M::fnma(M::exp_nonpos(ly), V(static_cast<S>(sw)), w);
   }

@@ -1,7 +1,8 @@
 // Generalized Jensen-Shannon divergence, GKD (Agarwal et al., arXiv 2306.13649) Eq. 1:
 //   jsd(beta) = beta KL(p || m) + (1 - beta) KL(q || m),   m = beta p + (1 - beta) q,   beta in [0, 1], nats.
-// beta = 0 is forward KL and beta = 1 reverse KL exactly (endpoint rules: defined, not a limit). The mixture is formed
-// in log space relative to the larger side (row_math.hpp log_mix), exact where log p == log q. Written in (x, y) form with x = p, y = q, b = beta:
+// beta = 0 is forward KL and beta = 1 reverse KL exactly (endpoint rules: defined, not a limit). The mixture enters
+// only as lx - lm and ly - lm, formed from the log-ratio d = lx - ly relative to the larger side (row_math.hpp
+// mix_offsets), exactly 0 where log p == log q. Written in (x, y) form with x = p, y = q, b = beta:
 //   dJ/dz_y = (1 - b) y_j (u_j - sum_i y_i u_i), u = ly - lm;   dJ/dz_x = b x_j (w_j - sum_i x_i w_i), w = lx - lm.
 #pragma once
 
@@ -18,19 +19,21 @@ struct jsd_row {
   double beta = 0.5, log_b = 0.0, log_1mb = 0.0;  // b, log b, log(1 - b)
   double kx = 0.0, ky = 0.0, loss = 0.0;         // KL(x || m), KL(y || m), the loss
 
+  // wx = lx - lm, wy = ly - lm (row_math.hpp mix_offsets).
   template <class V>
-  KD_ROW_INLINE V mix(const V& lx, const V& ly) const noexcept {
+  KD_ROW_INLINE void offsets(const V& d, V& wx, V& wy) const noexcept {
     using S = scalar_t<V>;
-    return log_mix(lx, ly, V(static_cast<S>(beta)), V(static_cast<S>(1.0 - beta)), V(static_cast<S>(log_b)),
-                   V(static_cast<S>(log_1mb)));
+    mix_offsets(d, V(static_cast<S>(beta)), V(static_cast<S>(1.0 - beta)), V(static_cast<S>(log_b)),
+                V(static_cast<S>(log_1mb)), wx, wy);
   }
   template <class V>
-  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, V* acc, mask_t<V>&) const noexcept {
+  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, const V& d, V* acc, mask_t<V>&) const noexcept {
     using M = ops<V>;
     using S = scalar_t<V>;
-    const V lm = mix(lx, ly);
-    acc[0] += M::select(M::is_ninf(lx), V(S(0)), M::exp_nonpos(lx) * (lx - lm));
-    acc[1] += M::select(M::is_ninf(ly), V(S(0)), M::exp_nonpos(ly) * (ly - lm));
+    V wx, wy;
+    offsets(d, wx, wy);
+    acc[0] += M::select(M::is_ninf(lx), V(S(0)), M::exp_nonpos(lx) * wx);
+    acc[1] += M::select(M::is_ninf(ly), V(S(0)), M::exp_nonpos(ly) * wy);
   }
   KD_HD void finish(const double* s, bool) noexcept {
     kx = s[0];
@@ -38,13 +41,14 @@ struct jsd_row {
     loss = beta * kx + (1.0 - beta) * ky;
   }
   template <class V>
-  KD_ROW_INLINE void grad(const V& lx, const V& ly, V& gx, V& gy) const noexcept {
+  KD_ROW_INLINE void grad(const V& lx, const V& ly, const V& d, V& gx, V& gy) const noexcept {
     using M = ops<V>;
     using S = scalar_t<V>;
     const S b = static_cast<S>(beta);
-    const V lm = mix(lx, ly);
-    gy = M::select(M::is_ninf(ly), V(S(0)), V(S(1) - b) * M::exp_nonpos(ly) * ((ly - lm) - V(static_cast<S>(ky))));
-    gx = M::select(M::is_ninf(lx), V(S(0)), V(b) * M::exp_nonpos(lx) * ((lx - lm) - V(static_cast<S>(kx))));
+    V wx, wy;
+    offsets(d, wx, wy);
+    gy = M::select(M::is_ninf(ly), V(S(0)), V(S(1) - b) * M::exp_nonpos(ly) * (wy - V(static_cast<S>(ky))));
+    gx = M::select(M::is_ninf(lx), V(S(0)), V(b) * M::exp_nonpos(lx) * (wx - V(static_cast<S>(kx))));
   }
 };
 

@@ -21,27 +21,28 @@ struct kl_row {
   static constexpr int n_sums = 1;
   double loss = 0.0;
 
-  // Careful form: lx, ly are log-probabilities (-inf = probability 0), summed into acc[0..n_sums).
+  // Careful form: lx, ly are log-probabilities (-inf = probability 0) and d = lx - ly as the driver forms it (row_io.hpp,
+  // "log-ratios"), summed into acc[0..n_sums).
   template <class V>
-  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, V* acc, mask_t<V>& mismatch) const noexcept {
+  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, const V& d, V* acc, mask_t<V>& mismatch) const noexcept {
     using M = ops<V>;
     using S = scalar_t<V>;
     const auto xm = M::is_ninf(lx);
     mismatch = mismatch || (!xm && M::is_ninf(ly));
-    acc[0] += M::select(xm, V(S(0)), M::exp_nonpos(lx) * (lx - ly));
+    acc[0] += M::select(xm, V(S(0)), M::exp_nonpos(lx) * d);
   }
   KD_HD void finish(const double* s, bool mismatch) noexcept {
     loss = mismatch ? infinity<double>() : s[0];
   }
   template <class V>
-  KD_ROW_INLINE void grad(const V& lx, const V& ly, V& gx, V& gy) const noexcept {
+  KD_ROW_INLINE void grad(const V& lx, const V& ly, const V& d, V& gx, V& gy) const noexcept {
     using M = ops<V>;
     using S = scalar_t<V>;
     const V x = M::exp_nonpos(lx), y = M::exp_nonpos(ly);
-    gy = exp_diff(ly, lx, y, x);
+    gy = exp_diff(-d, y, x);
     // x_j = 0 -> exactly 0, also where x underflowed from a finite lx: the log-ratio may overflow there (logits near
     // -FLT_MAX), and 0 * inf would be NaN (found by fuzzing the policy gradient).
-    gx = M::select(M::is_ninf(lx) || x == V(S(0)), V(S(0)), x * ((lx - ly) - V(static_cast<S>(loss))));
+    gx = M::select(M::is_ninf(lx) || x == V(S(0)), V(S(0)), x * (d - V(static_cast<S>(loss))));
   }
 
   // Online form, for rows without -inf / NaN / +inf (the drivers' fused two-pass path): with running maxima M of
@@ -61,17 +62,17 @@ struct kl_row {
   static KD_HD double online_loss(double d, double sx, double log_sx, double log_sy) noexcept {
     return d / sx - log_sx + log_sy;
   }
-  // Scaled gradients of the online path from log-probabilities lx, ly, x = exp(lx), y = exp(ly): c x (lx - ly - KL),
-  // c (y - x) (exp_diff: accurate where both are near 1). d_kl = lx - ly - KL, formed by the driver (as (lx - ly) - KL,
-  // or from the raw logit difference as (z_x - z_y) / T - (lse_x - lse_y + KL) with one rounded constant).
+  // Scaled gradients of the online path from x = exp(lx), y = exp(ly): c x (lx - ly - KL), c (y - x) (exp_diff:
+  // accurate where both are near 1). d = lx - ly and d_kl = lx - ly - KL, formed by the driver (from u_x - u_y minus a
+  // row constant taken in double, or from the raw logit difference as (z_x - z_y) / T - (lse_x - lse_y + KL)).
   template <class V>
   static KD_ROW_INLINE V online_grad_x(const V& c, const V& x, const V& d_kl) noexcept {
     using S = scalar_t<V>;
     return ops<V>::select(x == V(S(0)), V(S(0)), c * x * d_kl);  // x = 0: exactly 0 (see grad)
   }
   template <class V>
-  static KD_ROW_INLINE V online_grad_y(const V& c, const V& lx, const V& ly, const V& x, const V& y) noexcept {
-    return c * exp_diff(ly, lx, y, x);
+  static KD_ROW_INLINE V online_grad_y(const V& c, const V& d, const V& x, const V& y) noexcept {
+    return c * exp_diff(-d, y, x);
   }
 };
 

@@ -76,39 +76,49 @@ using scalar_t = typename ops<V>::scalar;
 template <class V>
 using mask_t = typename ops<V>::mask;
 
-// log m for the mixture m = a x + (1 - a) y, a in (0, 1), from lx = log x and ly = log y, relative to the larger:
-//   lx >= ly:  log m = lx + log1p((1 - a) expm1(ly - lx)),   else  log m = ly + log1p(a expm1(lx - ly)).
-// lx - log m is then accurate to rounding of itself even where x and y are both near 1 (a confident row's top token;
-// logaddexp(log a + lx, log(1 - a) + ly) would round lx away against log a). Exact (= lx) where lx == ly, both -inf
-// included; a -inf side gives log of the other side's weight. one_minus_a = 1 - a.
+// The mixture m = a x + (1 - a) y, a in (0, 1), seen from each side: wx = log x - log m and wy = log y - log m, from the
+// log-ratio d = log x - log y alone (the driver forms d accurately: row_io.hpp, "log-ratios"). With L the log of the
+// larger side's share, relative to the larger:
+//   d >= 0:  log m = lx + L,  L = log(a + (1 - a) e^-d),   wx = -L,  wy = -d - L;
+//   d <  0:  log m = ly + L,  L = log((1 - a) + a e^d),    wy = -L,  wx =  d - L;
+// L is log1p(w expm1(-|d|)) (w the smaller side's weight) near d = 0 and logaddexp(log w_hi, log w - |d|) elsewhere (a
+// sum of positives that cannot cancel; a tiny a), so wx and wy carry the relative rounding of d and of L only: accurate
+// on a confident row's tail, where lx and ly are both ~ -gap and lx - lm formed from them would carry ~gap 2^-24
+// absolute, and exactly 0 where d = 0. d = -inf (x = 0) gives wy = -log(1 - a), wx = -inf; d = +inf likewise; d = NaN
+// (both sides -inf) gives NaN, which the functors mask. one_minus_a = 1 - a.
 template <class V>
-KD_ROW_INLINE V log_mix(const V& lx, const V& ly, const V& a, const V& one_minus_a, const V& log_a,
-                        const V& log_1ma) noexcept {
+KD_ROW_INLINE void mix_offsets(const V& d, const V& a, const V& one_minus_a, const V& log_a, const V& log_1ma, V& wx,
+                               V& wy) noexcept {
   using M = ops<V>;
   using S = scalar_t<V>;
-  const auto x_hi = lx >= ly;
-  const V hi = M::select(x_hi, lx, ly), lo = M::select(x_hi, ly, lx), w = M::select(x_hi, one_minus_a, a);
+  const auto x_hi = d >= V(S(0));
+  const V ad = M::abs(d);
+  const V w = M::select(x_hi, one_minus_a, a);                                 // the smaller side's weight
   const V log_wh = M::select(x_hi, log_a, log_1ma), log_w = M::select(x_hi, log_1ma, log_a);
-  // log(wh + w e^(lo - hi)): near lo = hi as log1p(w expm1(lo - hi)); elsewhere (the hi side's weight dominates, e.g.
-  // a tiny a) as logaddexp(log wh, log w + lo - hi), a sum of positives that cannot cancel.
-  const V t = w * M::expm1(lo - hi);
-  const V u = log_w + (lo - hi);
+  const V t = w * M::expm1(-ad);
+  const V u = log_w - ad;
   const V far = M::max(log_wh, u) + M::log1p(M::exp_nonpos(-M::abs(log_wh - u)));
-  const V r = hi + M::select(t > V(S(-0.5)), M::log1p(t), far);
-  return M::select(lx == ly, lx, r);
+  const V L = M::select(t > V(S(-0.5)), M::log1p(t), far);
+  const V hi = -L, lo = -ad - L;
+  wx = M::select(x_hi, hi, lo);
+  wy = M::select(x_hi, lo, hi);
 }
 
-// exp(a) - exp(b) given ea = exp(a), eb = exp(b) (a, b <= 0: log-probabilities). Where both probabilities are near 1
-// (a confident row's top token) ea - eb cancels to the rounding of each, up to 2^-24 absolute in float32; there it is
-// formed as expm1(a) - expm1(b), accurate to rounding of the difference. Only lanes with max(a, b) > -0.7 take that form
-// (at most two entries of a row), and a batch without such a lane pays one compare.
+// exp(a) - exp(b) given d = a - b, ea = exp(a), eb = exp(b) (a, b <= 0: log-probabilities). Where both probabilities
+// are near 1 (a confident row's top token) ea - eb cancels to the rounding of each, up to 2^-24 absolute in float32;
+// there it is formed as sign(d) e^hi (-expm1(-|d|)), e^hi = max(ea, eb): no cancellation and no overflow, accurate to
+// the rounding of d (which the drivers form from row constants taken in double: row_io.hpp) and a few ulp of the
+// result. Only lanes with max(ea, eb) > 1/2 take that form (at most two entries of a row), and a batch without such a
+// lane pays one compare.
 template <class V>
-KD_ROW_INLINE V exp_diff(const V& a, const V& b, const V& ea, const V& eb) noexcept {
+KD_ROW_INLINE V exp_diff(const V& d, const V& ea, const V& eb) noexcept {
   using M = ops<V>;
   using S = scalar_t<V>;
-  const auto near1 = M::max(a, b) > V(S(-0.7));
+  const V hi = M::max(ea, eb);
+  const auto near1 = hi > V(S(0.5));
   if (!M::any(near1)) return ea - eb;
-  return M::select(near1, M::expm1(a) - M::expm1(b), ea - eb);
+  const V mag = -(hi * M::expm1(-M::abs(d)));
+  return M::select(near1, M::select(d < V(S(0)), -mag, mag), ea - eb);
 }
 
 // sign(v) in {-1, 0, 1}.

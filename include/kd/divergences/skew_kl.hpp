@@ -20,18 +20,20 @@ struct skew_row {
   double a = 0.1, log_a = 0.0, log_1ma = 0.0;  // a, log a, log(1 - a)
   double loss = 0.0, xh = 0.0, yd = 0.0;       // the loss, sum x h, sum y d
 
+  // r = lx - lm (row_math.hpp mix_offsets).
   template <class V>
-  KD_ROW_INLINE V mix(const V& lx, const V& ly) const noexcept {
+  KD_ROW_INLINE V offset_x(const V& d) const noexcept {
     using S = scalar_t<V>;
-    return log_mix(lx, ly, V(static_cast<S>(a)), V(static_cast<S>(1.0 - a)), V(static_cast<S>(log_a)),
-                   V(static_cast<S>(log_1ma)));
+    V wx, wy;
+    mix_offsets(d, V(static_cast<S>(a)), V(static_cast<S>(1.0 - a)), V(static_cast<S>(log_a)),
+                V(static_cast<S>(log_1ma)), wx, wy);
+    return wx;
   }
   template <class V>
-  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, V* acc, mask_t<V>&) const noexcept {
+  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, const V& d, V* acc, mask_t<V>&) const noexcept {
     using M = ops<V>;
     using S = scalar_t<V>;
-    const V lm = mix(lx, ly);
-    const V r = lx - lm, em = M::expm1(r);
+    const V r = offset_x(d), em = M::expm1(r);
     const auto xm = M::is_ninf(lx);
     const V x = M::exp_nonpos(lx);
     acc[0] += M::select(xm, V(S(0)), x * r);
@@ -44,12 +46,11 @@ struct skew_row {
     yd = s[2];
   }
   template <class V>
-  KD_ROW_INLINE void grad(const V& lx, const V& ly, V& gx, V& gy) const noexcept {
+  KD_ROW_INLINE void grad(const V& lx, const V& ly, const V& d, V& gx, V& gy) const noexcept {
     using M = ops<V>;
     using S = scalar_t<V>;
     const S af = static_cast<S>(a);
-    const V lm = mix(lx, ly);
-    const V r = lx - lm, em = M::expm1(r);
+    const V r = offset_x(d), em = M::expm1(r);
     gy = M::select(M::is_ninf(ly), V(S(0)), V(S(1) - af) * M::exp_nonpos(ly) * (V(static_cast<S>(yd)) - em));
     gx = M::select(M::is_ninf(lx), V(S(0)), M::exp_nonpos(lx) * (M::fnma(V(af), em, r) - V(static_cast<S>(xh))));
   }
