@@ -36,6 +36,7 @@ struct ops<xsimd::batch<float, A>> {
     return x == value(-std::numeric_limits<float>::infinity());
   }
   static KD_SIMD_INLINE bool any(const mask& m) noexcept { return xsimd::any(m); }
+  static KD_SIMD_INLINE bool all(const mask& m) noexcept { return xsimd::all(m); }
 };
 
 }  // namespace rm

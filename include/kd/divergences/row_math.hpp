@@ -7,7 +7,7 @@
 //                                (kd/detail/simd_math.hpp), so this header includes neither xsimd nor Eigen.
 // ops<V> gives: value / mask / scalar types; exp (full range), exp_nonpos (arguments <= 0, -inf or NaN), expm1, log1p,
 // abs, max (x86 maxps semantics: the second operand when either is NaN), fma(a,b,c) = a*b + c, fms = a*b - c,
-// fnma = c - a*b, select(mask, a, b), is_ninf. A scalar splat is V(s) for every value type.
+// fnma = c - a*b, select(mask, a, b), is_ninf, any(mask), all(mask). A scalar splat is V(s) for every value type.
 //
 // Functions are __host__ __device__ under nvcc (KD_HD) so the same functors compile into CUDA kernels.
 #pragma once
@@ -63,6 +63,7 @@ struct scalar_ops {
   static KD_ROW_INLINE S select(bool m, S a, S b) noexcept { return m ? a : b; }
   static KD_ROW_INLINE bool is_ninf(S x) noexcept { return x == -infinity<S>(); }
   static KD_ROW_INLINE bool any(bool m) noexcept { return m; }
+  static KD_ROW_INLINE bool all(bool m) noexcept { return m; }
 };
 
 template <>
@@ -96,9 +97,12 @@ KD_ROW_INLINE void mix_offsets(const V& d, const V& a, const V& one_minus_a, con
   const V w = M::select(x_hi, one_minus_a, a);                                 // the smaller side's weight
   const V log_wh = M::select(x_hi, log_a, log_1ma), log_w = M::select(x_hi, log_1ma, log_a);
   const V t = w * M::expm1(-ad);
-  const V u = log_w - ad;
-  const V far = M::max(log_wh, u) + M::log1p(M::exp_nonpos(-M::abs(log_wh - u)));
-  const V L = M::select(t > V(S(-0.5)), M::log1p(t), far);
+  const auto near = t > V(S(-0.5));
+  V L = M::log1p(t);
+  if (!M::all(near)) {  // only where the smaller side's weight w exceeds 1/2 (beta away from 1/2): skipped otherwise
+    const V u = log_w - ad;
+    L = M::select(near, L, M::max(log_wh, u) + M::log1p(M::exp_nonpos(-M::abs(log_wh - u))));
+  }
   const V hi = -L, lo = -ad - L;
   wx = M::select(x_hi, hi, lo);
   wy = M::select(x_hi, lo, hi);
