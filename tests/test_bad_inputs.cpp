@@ -3,7 +3,9 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <kd/backend/simd.hpp>
 #include <limits>
+#include <utility>
 
 #include "test_util.hpp"
 
@@ -334,4 +336,46 @@ TEST_CASE("regression: log-probs of rows with |x| / T >> 2^53 stay normalized (o
   REQUIRE(a.st.ok());
   CHECK(a.r.loss == Approx(b.r.loss).epsilon(1e-12));
   for (int j = 0; j < 3; ++j) CHECK(a.gs[j] == Approx(b.gs[j]).epsilon(1e-12));
+}
+
+TEST_CASE("regression: |x| / T beyond the float32 range is one error on every backend (kd loss --temperature 1e-300)",
+          "[bad_inputs]") {
+  // Before: the SIMD backend reported "contains NaN or +inf" for finite logits at T = 1e-300 (1 / T overflowed float32)
+  // and failed even on all-zero rows, while the reference computed a loss of 1e299 whose per-row value overflowed the
+  // float per_row output. Now one rule (detail/row_io.hpp check_range): finite |x| / T above FLT_MAX is an out-of-range
+  // error naming the side, on the reference and the SIMD backend alike; zero rows stay valid. (Inputs that are beyond
+  // the float32 range themselves, float64 logits such as -1e39, are not covered by the rule: the temperature did not
+  // put them there; see "finite double logits below -FLT_MAX are not a mask".)
+  const std::vector<float> zs = {1.0f, 2.0f, 0.5f, 0.0f, 0.0f, 0.0f}, zt = {0.0f, 2.5f, 0.5f, 0.0f, 0.0f, 0.0f};
+  const std::vector<float> zero(6, 0.0f), tail = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, -2.0f};
+  auto run = [&](const auto& be, const std::vector<float>& s, const std::vector<float>& t, double T, std::int64_t rows) {
+    kd::distill_options o;
+    o.temperature = T;
+    std::vector<float> g(s.size(), 7.0f);
+    kd::distill_outputs<float> out;
+    out.grad_student = kd::mut_rows<float>(g.data(), rows, 3);
+    kd::loss_result r;
+    const kd::status st = kd::divergence_loss(divergence::forward_kl(), kd::student_logits(s.data(), rows, 3),
+                                              kd::teacher_logits(t.data(), rows, 3), o, r, out, be);
+    return std::make_pair(st, g);
+  };
+  for (double T : {1e-300, 1e-40, 5e-39}) {  // 2 / 5e-39 = 4e38 > FLT_MAX; 1/T overflows float below ~2.9e-39
+    INFO("T = " << T);
+    for (int b = 0; b < 2; ++b) {
+      INFO((b ? "simd" : "reference"));
+      const auto bad = b ? run(kd::simd_backend<>{}, zs, zt, T, 2) : run(kd::reference_backend{}, zs, zt, T, 2);
+      CHECK(bad.first.code == kd::errc::non_finite_input);
+      CHECK(std::string(bad.first.argument) == "student");
+      CHECK(std::string(bad.first.message).find("float32 range") != std::string::npos);
+      for (int j = 0; j < 3; ++j) CHECK(std::isnan(bad.second[j]));  // a value error: the offending row is NaN (errors.md)
+      // All-zero rows: x / T = 0, a uniform distribution, valid at any temperature on every backend.
+      const auto ok = b ? run(kd::simd_backend<>{}, zero, zero, T, 2) : run(kd::reference_backend{}, zero, zero, T, 2);
+      CHECK(ok.first.ok());
+      for (float v : ok.second) CHECK(v == 0.0f);
+      // A finite entry that would round to -inf in float32 (probability 0 there) is out of range too, on the teacher.
+      const auto neg = b ? run(kd::simd_backend<>{}, zero, tail, T, 2) : run(kd::reference_backend{}, zero, tail, T, 2);
+      CHECK(neg.first.code == kd::errc::non_finite_input);
+      CHECK(std::string(neg.first.argument) == "teacher");
+    }
+  }
 }

@@ -139,11 +139,11 @@ inline status row_error_status(row_error e, double value, std::int64_t r) noexce
       return make_error(errc::non_finite_input, "teacher", "contains NaN or +inf", value, r);
     case row_error::student_out_of_range:
       return make_error(errc::non_finite_input, "student",
-                        "finite logits whose |x| / T exceeds the floating-point range (temperature too small)", value,
+                        "finite logits whose |x| / T exceeds the float32 range (3.4e38; temperature too small)", value,
                         r);
     case row_error::teacher_out_of_range:
       return make_error(errc::non_finite_input, "teacher",
-                        "finite logits whose |x| / T exceeds the floating-point range (temperature too small)", value,
+                        "finite logits whose |x| / T exceeds the float32 range (3.4e38; temperature too small)", value,
                         r);
     case row_error::student_not_normalized:
       return make_error(errc::not_normalized, "student", "declared log_probs but logsumexp(row) != 0", value, r);

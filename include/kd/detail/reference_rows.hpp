@@ -52,6 +52,8 @@ struct row_kernels {
     constexpr double ninf = -std::numeric_limits<double>::infinity();
     st.res = check_pass1(lse_s, lse_t, lse_s == ninf && all_ninf(io.zs, n), lse_t == ninf && all_ninf(io.zt, n), rp);
     if (st.res.error != row_error::none) return st;
+    st.res = check_range(io.zs, io.zt, n, rp.inv_t);  // the float32 range rule (row_io.hpp): as the SIMD kernels
+    if (st.res.error != row_error::none) return st;
     st.f = f0;
     st.res.loss = functor_row_loss(st.f, E::x_is_student ? lq : lp, E::x_is_student ? lp : lq, n);
     if (!std::isfinite(st.res.loss)) st.res = {st.res.loss, row_error::support_mismatch, st.res.loss};

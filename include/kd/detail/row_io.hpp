@@ -125,6 +125,56 @@ inline row_result check_pass1(double lse_s, double lse_t, bool masked_s, bool ma
   return {};
 }
 
+// The range rule every backend applies (docs/errors.md): a row with an entry inside the float32 range whose |z| / T is
+// above FLT_MAX (the temperature pushed it out of the range of the default SIMD backend) is out of range, an error on
+// every backend, so that the double reference and the float32 kernels agree on what is an error. (float64 inputs
+// already beyond FLT_MAX are left to each backend, as before.) Scans z[0..n) in double: a NaN or +inf entry gives
+// non_finite (reported first, as pass 1 does); a finite entry beyond the range out_of_range, with *value = |z| / T.
+enum class range_class : std::uint8_t { ok, non_finite, out_of_range };
+template <class T>
+inline range_class scan_range(const T* z, std::int64_t n, double inv_t, double* value) noexcept {
+  constexpr double flt_max = 3.4028234663852886e38;
+  range_class r = range_class::ok;
+  for (std::int64_t j = 0; j < n; ++j) {
+    const double x = static_cast<double>(z[j]);
+    if (x != x || x == std::numeric_limits<double>::infinity()) {
+      *value = x;
+      return range_class::non_finite;
+    }
+    if (std::abs(x) <= flt_max && std::abs(x) * inv_t > flt_max && r == range_class::ok) {
+      r = range_class::out_of_range;
+      *value = std::abs(x) * inv_t;
+    }
+  }
+  return r;
+}
+
+// The range rule for a row whose pass 1 found no error: its out_of_range error (student first), or none.
+template <class S, class P>
+inline row_result check_range(const S* zs, const P* zt, std::int64_t n, double inv_t) noexcept {
+  constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+  double v = 0.0;
+  if (scan_range(zs, n, inv_t, &v) == range_class::out_of_range) return {nan, row_error::student_out_of_range, v};
+  if (scan_range(zt, n, inv_t, &v) == range_class::out_of_range) return {nan, row_error::teacher_out_of_range, v};
+  return {};
+}
+
+// A float32 pass 1 that failed (NaN / inf log-sum-exp) reclassified in double by the rule above, in the reference's
+// order: non-finite entries (student, then teacher), then entries beyond the range (student, then teacher). A row with
+// neither overflowed only within rounding of FLT_MAX: out of range on the side whose log-sum-exp failed.
+template <class S, class P>
+inline row_result refine_pass1(const S* zs, const P* zt, std::int64_t n, double inv_t, row_result failed) noexcept {
+  constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+  double vs = 0.0, vt = 0.0;
+  const range_class cs = scan_range(zs, n, inv_t, &vs), ct = scan_range(zt, n, inv_t, &vt);
+  if (cs == range_class::non_finite) return {nan, row_error::student_non_finite, vs};
+  if (ct == range_class::non_finite) return {nan, row_error::teacher_non_finite, vt};
+  if (cs == range_class::out_of_range) return {nan, row_error::student_out_of_range, vs};
+  if (ct == range_class::out_of_range) return {nan, row_error::teacher_out_of_range, vt};
+  const bool student = failed.error == row_error::student_non_finite || failed.error == row_error::student_out_of_range;
+  return {nan, student ? row_error::student_out_of_range : row_error::teacher_out_of_range, failed.value};
+}
+
 // The checks of a student-only row (lse = its log-sum-exp of z / T, masked: every entry -inf), in check_pass1's order.
 inline lse_result check_student_lse(row_lse parts, double lse, bool masked) noexcept {
   constexpr double ninf = -std::numeric_limits<double>::infinity();

@@ -20,10 +20,12 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <type_traits>
 
 #include "../divergences/registry.hpp"
 #include "../options.hpp"
+#include "reference_rows.hpp"
 #include "row_io.hpp"
 #include "simd_math.hpp"
 #include "simd_row.hpp"
@@ -300,7 +302,16 @@ inline void careful_stats(F kern, bool x_is_student, const row_io<S, P, G>& io, 
   constexpr double ninf = -std::numeric_limits<double>::infinity();
   st.online = false;
   st.res = check_pass1(lse_s, lse_t, lse_s == ninf && all_ninf(io.zs, n), lse_t == ninf && all_ninf(io.zt, n), rp);
+  if (st.res.error == row_error::student_non_finite || st.res.error == row_error::teacher_non_finite ||
+      st.res.error == row_error::student_out_of_range || st.res.error == row_error::teacher_out_of_range)
+    st.res = refine_pass1(io.zs, io.zt, n, rp.inv_t, st.res);  // in double, by the range rule (row_io.hpp)
   if (st.res.error != row_error::none) return;
+  // Finite entries beyond the float range (|z| / T > FLT_MAX) that became -inf here (probability 0) are out of range
+  // by the same rule: possible only when 1 / T > 1 or an input is float64.
+  if (rp.inv_t > 1.0 || std::is_same_v<S, double> || std::is_same_v<P, double>) {
+    st.res = check_range(io.zs, io.zt, n, rp.inv_t);
+    if (st.res.error != row_error::none) return;
+  }
   st.s = {static_cast<double>(st_s.max), st_s.sum.log()};
   st.t = {static_cast<double>(st_t.max), st_t.sum.log()};
 
@@ -404,15 +415,28 @@ inline void careful_grad(bool x_is_student, const row_stats<F>& st, const row_io
 //   softmax_grad(z, n, inv_t, lse, c_q, g)   g_j = c_q q_j
 template <class A>
 struct row_kernels {
+  // Rows at a temperature whose 1 / T overflows float32 (T below ~2.9e-39) run on the reference row kernels: by the
+  // range rule (row_io.hpp) their only valid entries are zeros and -inf, which the float kernels would turn into
+  // 0 * inf = NaN. Their double scratch is allocated on first use.
   template <class S, class P, class G>
   struct scratch {
-    explicit scratch(std::int64_t) {}
+    std::int64_t n;
+    std::unique_ptr<ref::row_kernels::scratch<S, P, G>> ref;
+    explicit scratch(std::int64_t n_) : n(n_) {}
+    ref::row_kernels::scratch<S, P, G>& reference() {
+      if (!ref) ref = std::make_unique<ref::row_kernels::scratch<S, P, G>>(n);
+      return *ref;
+    }
   };
+  static bool float_inv_t(double inv_t) noexcept {
+    return static_cast<float>(inv_t) <= std::numeric_limits<float>::max();
+  }
 
   template <class E, class S, class P, class G>
   static row_stats<typename E::functor> stats(const typename E::functor& f, const row_io<S, P, G>& io,
-                                              const row_params& rp, scratch<S, P, G>&) noexcept {
+                                              const row_params& rp, scratch<S, P, G>& sc) noexcept {
     using F = typename E::functor;
+    if (!float_inv_t(rp.inv_t)) return ref::row_kernels::stats<E>(f, io, rp, sc.reference());
     row_stats<F> st;
     if constexpr (has_online<F>::value)
       if (rp.raw_log_ratio ? online_stats<A, F, true>(E::x_is_student, io, rp, st)
@@ -426,8 +450,9 @@ struct row_kernels {
 
   template <class E, class S, class P, class G>
   static void grad(const row_stats<typename E::functor>& st, const row_io<S, P, G>& io, const row_params& rp,
-                   scratch<S, P, G>&) noexcept {
+                   scratch<S, P, G>& sc) noexcept {
     using F = typename E::functor;
+    if (!float_inv_t(rp.inv_t)) return ref::row_kernels::grad<E>(st, io, rp, sc.reference());
     const bool with_q = rp.c_q != 0.0 && io.gs;
     if constexpr (has_online<F>::value)
       if (st.online) {
