@@ -159,7 +159,10 @@ void run_case(reader& in) {
       if (std::isfinite(us)) umax = std::max(umax, -us);
       if (std::isfinite(ut)) umax = std::max(umax, -ut);
     }
-    const double ss = ss_cnt + ss_tail, st = st_cnt + st_tail;
+    const double ss = ss_cnt + ss_tail, st = st_cnt + st_tail, log_ss = std::log(ss), log_st = std::log(st);
+    // The reference's log-probabilities of entry j, in double.
+    const auto log_q = [&](std::int64_t j) { return kd::to_double(zs[o0 + j]) / T - ms - log_ss; };
+    const auto log_p = [&](std::int64_t j) { return kd::to_double(zt[o0 + j]) / T - mt - log_st; };
     const bool masked_row = ms == -inf || mt == -inf;  // a fully masked side: the row does not count
     if (masked_row) continue;
     const double tail = tail_mass(ss_cnt, ss_tail) + tail_mass(st_cnt, st_tail);
@@ -180,7 +183,7 @@ void run_case(reader& in) {
     if (d.kind == kd::divergence_kind::alpha_beta && d.param + d.param2 > 0.0) {
       const auto f = kd::divergences::alpha_beta::make(d.param, d.param2);
       for (std::int64_t j = 0; j < V; ++j) {
-        const double lq = kd::to_double(zs[o0 + j]) / T - ms - std::log(ss), lp = kd::to_double(zt[o0 + j]) / T - mt - std::log(st);
+        const double lq = log_q(j), lp = log_p(j);
         double v = 0.0, w = 0.0, dj = 0.0;
         f.terms(lp, lq, lp - lq, v, w, dj);  // x = p (teacher), y = q
         if (std::isfinite(v) && std::isfinite(w)) ab_cond += (std::abs(v) + std::abs(w)) / (d.param + d.param2);
@@ -190,7 +193,7 @@ void run_case(reader& in) {
     // (|log p_j| + |log q_j|): the squares weight the log-ratios by themselves, not by probabilities.
     if (d.kind == kd::divergence_kind::alpha_beta && d.param + d.param2 == 0.0)
       for (std::int64_t j = 0; j < V; ++j) {
-        const double lq = kd::to_double(zs[o0 + j]) / T - ms - std::log(ss), lp = kd::to_double(zt[o0 + j]) / T - mt - std::log(st);
+        const double lq = log_q(j), lp = log_p(j);
         if (std::isfinite(lq) && std::isfinite(lp)) ab_cond += std::abs(lp - lq) * (std::abs(lp) + std::abs(lq) + 1.0) / (ymax + 1.0);
       }
     const double ltol = confident ? std::max({1e-5 * std::abs(l), 1e-12, loss_floor}) + e * ab_cond
@@ -206,7 +209,7 @@ void run_case(reader& in) {
     std::vector<char> amb(static_cast<std::size_t>(V), 0);
     if (tvd)
       for (std::int64_t j = 0; j < V; ++j) {
-        const double lq = kd::to_double(zs[o0 + j]) / T - ms - std::log(ss), lp = kd::to_double(zt[o0 + j]) / T - mt - std::log(st);
+        const double lq = log_q(j), lp = log_p(j);
         if (std::abs(lq - lp) <= 8.0 * 0x1p-24 * (ymax + 1.0)) {
           amb[j] = 1;
           amb_q += std::exp(lq);
@@ -227,7 +230,7 @@ void run_case(reader& in) {
           // d_j's own rounding, a few 2^-24 (|log p_j| + |log q_j| + 1), and y_j times the sum of those.
           double sum_r = 0.0, rj = 0.0, yj = 0.0;
           for (std::int64_t i = 0; i < V; ++i) {
-            const double lq = kd::to_double(zs[o0 + i]) / T - ms - std::log(ss), lp = kd::to_double(zt[o0 + i]) / T - mt - std::log(st);
+            const double lq = log_q(i), lp = log_p(i);
             const double ri = std::isfinite(lq) && std::isfinite(lp) ? std::abs(lq) + std::abs(lp) + 1.0 : 0.0;
             sum_r += ri;
             if (i == j) {
@@ -238,8 +241,7 @@ void run_case(reader& in) {
           tol += 8.0 * 0x1p-24 * c * (rj + yj * sum_r);
         }
         if (tvd) {
-          const double lv = side ? kd::to_double(zt[o0 + j]) / T - mt - std::log(st)
-                                 : kd::to_double(zs[o0 + j]) / T - ms - std::log(ss);
+          const double lv = side ? log_p(j) : log_q(j);
           tol += c * std::exp(lv) * ((amb[j] ? 1.0 : 0.0) + (side ? amb_p : amb_q));
         }
         KD_FUZZ_CHECK(err <= tol, "%s(%g, %g) V %lld T %g row %lld %s[%lld]%s: %.9g vs %.9g (error %.3g, tol %.3g)",
