@@ -15,6 +15,7 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece  # tokenizer for the trainer
   fortunes fortunes-min               # default corpus for the trainer (/usr/share/games/fortunes)
   python3 python3-venv python3-dev    # the PyTorch package (python/): its virtual environment and extension build
+  openmpi-bin libopenmpi-dev          # vocabulary-parallel over MPI (kd/comm/mpi.hpp, tests/mpi/)
 )
 
 missing=()

@@ -5,6 +5,11 @@
 //   operation (public function)        member the backend implements (arguments validated)
 //   divergence_loss (kd/divergence.hpp, forward_kl.hpp, ...)
 //                                      status run_divergence(d, student, teacher, options, result, outputs)
+//   vocab_parallel_divergence (kd/vocab_parallel.hpp)
+//                                      status run_vocab_parallel(d, student, teacher, options, result, outputs, comm)
+//   fused_linear_divergence (kd/fused_linear.hpp)
+//                                      status run_fused_linear(d, student_head, teacher_head, teacher_logits, options,
+//                                                              fused_options, result, outputs)
 //   policy_gradient (kd/policy_gradient.hpp)
 //                                      status run_policy_gradient(student, teacher, seq, options, outputs, diag)
 //   lm_loss (kd/lm_loss.hpp)           status run_lm_loss(student, labels, options, result, grad)
@@ -48,6 +53,8 @@ inline constexpr bool dependent_false = false;
   inline constexpr bool has_run_##op = has_run_##op##_<void, B, A...>::value;
 
 KD_BACKEND_OPERATION_(divergence)
+KD_BACKEND_OPERATION_(vocab_parallel)
+KD_BACKEND_OPERATION_(fused_linear)
 KD_BACKEND_OPERATION_(policy_gradient)
 KD_BACKEND_OPERATION_(lm_loss)
 KD_BACKEND_OPERATION_(log_sum_exp)

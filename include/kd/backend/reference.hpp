@@ -19,6 +19,10 @@
 #include "lm_driver.hpp"
 #include "pg_driver.hpp"
 #include "serial_executor.hpp"
+#include "shard_driver.hpp"
+#if !defined(__CUDACC__)  // Eigen matrix products: host code only (CUDA translation units get no Eigen)
+#include "fused_linear_driver.hpp"
+#endif
 
 KD_BEGIN_NAMESPACE
 
@@ -32,6 +36,25 @@ struct reference_backend {
                         const distill_options& opt, loss_result& result, const distill_outputs<G>& out) const {
     return detail::drive<serial_executor, S, P, G>(&detail::process_rows<detail::ref::row_kernels, S, P, G>,
                                                    serial_executor{}, d, student, teacher, opt, result, out);
+  }
+
+#if !defined(__CUDACC__)
+  // Fused linear + divergence (kd/fused_linear.hpp, backend/fused_linear_driver.hpp).
+  template <class T>
+  status run_fused_linear(const divergence& d, const linear_head<T>& student, const linear_head<T>* teacher_head,
+                          const teacher_input<T>& teacher_logits, const distill_options& opt,
+                          const fused_linear_options& fo, loss_result& result,
+                          const fused_linear_outputs<T>& out) const {
+    return detail::fused::run<detail::ref::row_kernels>(serial_executor{}, d, student, teacher_head, teacher_logits, opt, fo, result, out);
+  }
+#endif
+
+  // A vocabulary shard of each row (kd/vocab_parallel.hpp, backend/shard_driver.hpp).
+  template <class S, class P, class G, class Comm>
+  status run_vocab_parallel(const divergence& d, const student_input<S>& student, const teacher_input<P>& teacher,
+                            const distill_options& opt, loss_result& result, const distill_outputs<G>& out,
+                            const Comm& comm) const {
+    return detail::shard::run<detail::ref::row_kernels>(serial_executor{}, comm, d, student, teacher, opt, result, out);
   }
 
   template <class S, class P, class G>

@@ -57,6 +57,30 @@ struct simd_backend {
                                               executor, d, student, teacher, opt, result, out);
   }
 
+  // Fused linear + divergence (kd/fused_linear.hpp, backend/fused_linear_driver.hpp).
+  template <class T>
+  status run_fused_linear(const divergence& d, const linear_head<T>& student, const linear_head<T>* teacher_head,
+                          const teacher_input<T>& teacher_logits, const distill_options& opt,
+                          const fused_linear_options& fo, loss_result& result,
+                          const fused_linear_outputs<T>& out) const {
+    if constexpr (std::is_same_v<T, double>)
+      return reference_backend{}.run_fused_linear(d, student, teacher_head, teacher_logits, opt, fo, result, out);
+    else
+      return detail::fused::run<detail::simd::row_kernels<Arch>>(executor, d, student, teacher_head, teacher_logits, opt, fo, result, out);
+  }
+
+  // A vocabulary shard of each row (kd/vocab_parallel.hpp, backend/shard_driver.hpp) on this backend's row kernels.
+  template <class S, class P, class G, class Comm>
+  status run_vocab_parallel(const divergence& d, const student_input<S>& student, const teacher_input<P>& teacher,
+                            const distill_options& opt, loss_result& result, const distill_outputs<G>& out,
+                            const Comm& comm) const {
+    if constexpr (std::is_same_v<S, double> || std::is_same_v<P, double>)
+      return reference_backend{}.run_vocab_parallel(d, student, teacher, opt, result, out, comm);
+    else
+      return detail::shard::run<detail::simd::row_kernels<Arch>>(executor, comm, d, student, teacher, opt, result,
+                                                                 out);
+  }
+
   // The MiniLLM policy gradient (backend/pg_driver.hpp) on this backend's row kernels.
   template <class S, class P, class G>
   status run_policy_gradient(const student_input<S>& student, const teacher_input<P>& teacher, const pg_sequences& seq,

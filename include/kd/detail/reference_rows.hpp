@@ -15,6 +15,7 @@
 #include "../divergences/registry.hpp"
 #include "reference_math.hpp"
 #include "row_io.hpp"
+#include "shard_stats.hpp"
 
 KD_BEGIN_NAMESPACE
 namespace detail::ref {
@@ -66,8 +67,8 @@ struct row_kernels {
     const std::int64_t n = io.n;
     double* lq = sc.lq.data();
     double* lp = sc.lp.data();
-    load_log_probs(io.zs, n, rp.inv_t, lq);
-    load_log_probs(io.zt, n, rp.inv_t, lp);
+    log_probs_given(io.zs, n, rp.inv_t, st.s, lq);  // with the row's statistics: also a shard of a row
+    log_probs_given(io.zt, n, rp.inv_t, st.t, lp);
     const double* lx = E::x_is_student ? lq : lp;
     const double* ly = E::x_is_student ? lp : lq;
     for (std::int64_t j = 0; j < n; ++j) {
@@ -77,6 +78,57 @@ struct row_kernels {
       if (io.gs) io.gs[j] = from_double<G>(rp.c_q != 0.0 ? rp.c * gq + rp.c_q * std::exp(lq[j]) : rp.c * gq);
       if (io.gt) io.gt[j] = from_double<G>(rp.c * gp);
     }
+  }
+
+  // lp_j = (z_j / T - max) - log_sum of a row (or a shard of it) with log-sum-exp parts `lse`: bitwise the values
+  // load_log_probs gives a whole row.
+  template <class T>
+  static void log_probs_given(const T* z, std::int64_t n, double inv_t, const row_lse& lse, double* lp) noexcept {
+    for (std::int64_t j = 0; j < n; ++j) lp[j] = (to_double(z[j]) * inv_t - lse.max) - lse.log_sum;
+  }
+
+  // Step 1 of a sharded row (detail/shard_stats.hpp): one side's statistics over the shard z[0..n), in double.
+  template <class T>
+  static side_stats side_stats_of(const T* z, std::int64_t n, double inv_t) noexcept {
+    side_stats st;
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double v = to_double(z[j]) * inv_t;
+      if (std::isnan(v)) st.nan = true;
+      else if (v == pinf && to_double(z[j]) == pinf) st.pinf = true;
+      else if (v > st.max) st.max = v;
+      if (!(to_double(z[j]) == ninf)) st.all_ninf = false;
+    }
+    double oor = 0.0;
+    if (scan_range(z, n, inv_t, &oor) == range_class::out_of_range) st.out_of_range = oor;
+    if (st.nan || st.pinf || st.max == ninf || st.max == pinf) {
+      if (st.max == pinf) st.max = ninf;  // finite entries that overflowed: out of range (recorded above)
+      return st;
+    }
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double v = to_double(z[j]) * inv_t;
+      if (v == st.max) st.sum.cnt += 1.0;
+      else st.sum.tail += std::exp(v - st.max);
+    }
+    return st;
+  }
+
+  // Step 2 of a sharded row: the functor's sums over the shard (io: the shard's entries; st: the ROW's statistics,
+  // combined over all shards), added to out.
+  template <class E, class S, class P, class G, int K>
+  static void shard_sums_of(const typename E::functor& f, const row_io<S, P, G>& io, const row_params& rp,
+                            const row_stats<typename E::functor>& st, std::int64_t, std::int64_t,
+                            shard_sums<K>& out, scratch<S, P, G>& sc) noexcept {
+    const std::int64_t n = io.n;
+    double* lq = sc.lq.data();
+    double* lp = sc.lp.data();
+    log_probs_given(io.zs, n, rp.inv_t, st.s, lq);
+    log_probs_given(io.zt, n, rp.inv_t, st.t, lp);
+    const double* lx = E::x_is_student ? lq : lp;
+    const double* ly = E::x_is_student ? lp : lq;
+    bool mismatch = false;
+    for (std::int64_t j = 0; j < n; ++j) f.accumulate(lx[j], ly[j], lx[j] - ly[j], out.sums, mismatch);
+    if (mismatch) shard_zero_flags(io.zs, io.zt, n, out);
+    out.mismatch = out.mismatch || mismatch;
   }
 
   // One row of the divergence entry E with functor f0 (see simd::row_kernels for the contract).

@@ -288,6 +288,54 @@ inline log_ratio_constants careful_constants(bool x_is_student, const row_stats<
   return {hi, static_cast<float>(v - static_cast<double>(hi)), static_cast<float>(x_is_student ? ku0 : -ku0)};
 }
 
+// Pass 2 of the careful form: the functor's sums over the entries of io (a whole row, or a shard of one: st holds the
+// ROW's log-sum-exps either way), added to sums[0..n_sums) and mismatch. hot_s / hot_t: the index of the chunk of io
+// that holds the row's student / teacher maximum (-1: none); those chunks accumulate with compensation (kahan_add).
+template <class A, class F, class S, class P, class G>
+inline void careful_sums(const F& kern, bool x_is_student, const row_io<S, P, G>& io, const row_params& rp,
+                         const row_stats<F>& st, std::int64_t hot_s, std::int64_t hot_t, double* sums,
+                         bool& mismatch) noexcept {
+  const std::int64_t n = io.n;
+  const float inv_t = static_cast<float>(rp.inv_t);
+  using b = fbatch<A>;
+  const b it(inv_t), ms(static_cast<float>(st.s.max)), mt(static_cast<float>(st.t.max)), ls(static_cast<float>(st.s.log_sum)),
+      lt(static_cast<float>(st.t.log_sum));
+  const log_ratio_constants kc = careful_constants(x_is_student, st);
+  const b k_hi(kc.hi), k_lo(kc.lo), ku(kc.ku);
+  const float ninff = -std::numeric_limits<float>::infinity();
+  alignas(64) float bs[chunk], bt[chunk];
+  // Pass 2: the functor's sums. Log-probabilities as (y - M) - log S (see online_stats for why).
+  constexpr int k = F::n_sums;
+  for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
+    const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
+    const float* cs = load_chunk<A>(io.zs + j0, len, bs);
+    const float* ct = load_chunk<A>(io.zt + j0, len, bt);
+    b acc[k], sum[k], comp[k];
+    for (int i = 0; i < k; ++i) sum[i] = comp[i] = b(0.0f);
+    xsimd::batch_bool<float, A> mm(false);
+    // The chunk that holds either row's maximum accumulates with compensation (kahan_add; see online_stats).
+    const bool hot = j0 / chunk == hot_s || j0 / chunk == hot_t;
+    for (std::int64_t j = 0; j < len; j += width<A>) {
+      const b zs = load_padded<A>(cs, j, len, ninff), zt = load_padded<A>(ct, j, len, ninff);
+      const b us = xsimd::fms(zs, it, ms), ut = xsimd::fms(zt, it, mt);
+      const b lq = us - ls, lp = ut - lt;
+      const b& lx = x_is_student ? lq : lp;
+      const b& ly = x_is_student ? lp : lq;
+      const b d = x_is_student ? careful_log_ratio<A>(zs - zt, it, us, ut, ku, k_hi, k_lo)
+                               : careful_log_ratio<A>(zt - zs, it, ut, us, ku, k_hi, k_lo);
+      if (hot) {
+        for (int i = 0; i < k; ++i) acc[i] = b(0.0f);
+        kern.accumulate(lx, ly, d, acc, mm);
+        for (int i = 0; i < k; ++i) kahan_add<A>(sum[i], comp[i], acc[i]);
+      } else {
+        kern.accumulate(lx, ly, d, sum, mm);
+      }
+    }
+    for (int i = 0; i < k; ++i) sums[i] += hsum<A>(sum[i]) + hsum<A>(comp[i]);
+    if (xsimd::any(mm)) mismatch = true;
+  }
+}
+
 // -------------------------------------------------------------------------------------------------------------------
 // Careful form of any functor F (x_is_student: whether the functor's x is the student q or the teacher p). Statistics:
 // pass 1 log-sum-exps (reporting NaN / +inf / masked rows like the reference), pass 2 the functor's sums.
@@ -315,45 +363,10 @@ inline void careful_stats(F kern, bool x_is_student, const row_io<S, P, G>& io, 
   st.s = {static_cast<double>(st_s.max), st_s.sum.log()};
   st.t = {static_cast<double>(st_t.max), st_t.sum.log()};
 
-  using b = fbatch<A>;
-  const b it(inv_t), ms(st_s.max), mt(st_t.max), ls(static_cast<float>(st.s.log_sum)),
-      lt(static_cast<float>(st.t.log_sum));
-  const log_ratio_constants kc = careful_constants(x_is_student, st);
-  const b k_hi(kc.hi), k_lo(kc.lo), ku(kc.ku);
-  const float ninff = -std::numeric_limits<float>::infinity();
-  alignas(64) float bs[chunk], bt[chunk];
-  // Pass 2: the functor's sums. Log-probabilities as (y - M) - log S (see online_stats for why).
   constexpr int k = F::n_sums;
   double sums[k] = {};
   bool mismatch = false;
-  for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
-    const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
-    const float* cs = load_chunk<A>(io.zs + j0, len, bs);
-    const float* ct = load_chunk<A>(io.zt + j0, len, bt);
-    b acc[k], sum[k], comp[k];
-    for (int i = 0; i < k; ++i) sum[i] = comp[i] = b(0.0f);
-    xsimd::batch_bool<float, A> mm(false);
-    // The chunk that holds either row's maximum accumulates with compensation (kahan_add; see online_stats).
-    const bool hot = j0 / chunk == st_s.max_chunk || j0 / chunk == st_t.max_chunk;
-    for (std::int64_t j = 0; j < len; j += width<A>) {
-      const b zs = load_padded<A>(cs, j, len, ninff), zt = load_padded<A>(ct, j, len, ninff);
-      const b us = xsimd::fms(zs, it, ms), ut = xsimd::fms(zt, it, mt);
-      const b lq = us - ls, lp = ut - lt;
-      const b& lx = x_is_student ? lq : lp;
-      const b& ly = x_is_student ? lp : lq;
-      const b d = x_is_student ? careful_log_ratio<A>(zs - zt, it, us, ut, ku, k_hi, k_lo)
-                               : careful_log_ratio<A>(zt - zs, it, ut, us, ku, k_hi, k_lo);
-      if (hot) {
-        for (int i = 0; i < k; ++i) acc[i] = b(0.0f);
-        kern.accumulate(lx, ly, d, acc, mm);
-        for (int i = 0; i < k; ++i) kahan_add<A>(sum[i], comp[i], acc[i]);
-      } else {
-        kern.accumulate(lx, ly, d, sum, mm);
-      }
-    }
-    for (int i = 0; i < k; ++i) sums[i] += hsum<A>(sum[i]) + hsum<A>(comp[i]);
-    if (xsimd::any(mm)) mismatch = true;
-  }
+  careful_sums<A>(kern, x_is_student, io, rp, st, st_s.max_chunk, st_t.max_chunk, sums, mismatch);
   kern.finish(sums, mismatch);
   st.f = kern;
   st.res.loss = kern.loss;
@@ -468,6 +481,53 @@ struct row_kernels {
     if (with_q) careful_grad<A, F, true>(E::x_is_student, st, io, rp);
     else careful_grad<A, F, false>(E::x_is_student, st, io, rp);
   }
+
+  // Step 1 of a sharded row (detail/shard_stats.hpp): one side's statistics over the shard z[0..n), in the arithmetic
+  // of careful_stats' pass 1 (float32 max of z / T, double sums), classified by the range rule in double where pass 1
+  // failed or could have hidden an out-of-range entry (1 / T > 1, float64 input), as careful_stats does.
+  template <class T>
+  static side_stats side_stats_of(const T* z, std::int64_t n, double inv_t) noexcept {
+    if (!float_inv_t(inv_t)) return ref::row_kernels::side_stats_of(z, n, inv_t);
+    const online_lse<A> l = row_logsumexp<A>(z, n, static_cast<float>(inv_t));
+    side_stats st;
+    const bool failed = l.flags.nan || l.flags.pinf;
+    if (!failed) {
+      st.max = static_cast<double>(l.max);
+      st.sum = l.sum;
+      st.max_chunk = l.max_chunk;
+    }
+    st.all_ninf = !failed && l.max == -std::numeric_limits<float>::infinity() && all_ninf(z, n);
+    if (failed || inv_t > 1.0 || std::is_same_v<T, double>) {
+      double v = 0.0;
+      const range_class rc = scan_range(z, n, inv_t, &v);
+      if (rc == range_class::non_finite) {
+        st.nan = v != v;
+        st.pinf = !st.nan;
+      } else if (rc == range_class::out_of_range) {
+        st.out_of_range = v;
+      } else if (failed) {  // overflowed only within rounding of FLT_MAX (refine_pass1)
+        st.out_of_range = std::numeric_limits<double>::infinity();
+      }
+      if (failed) st.max = -std::numeric_limits<double>::infinity();
+    }
+    return st;
+  }
+
+  // Step 2 of a sharded row: the functor's sums over the shard io with the ROW's statistics st (careful_sums), added
+  // to out. hot_s / hot_t: the shard's chunk holding the row's student / teacher maximum (-1: none).
+  template <class E, class S, class P, class G, int K>
+  static void shard_sums_of(const typename E::functor& f, const row_io<S, P, G>& io, const row_params& rp,
+                            const row_stats<typename E::functor>& st, std::int64_t hot_s, std::int64_t hot_t,
+                            shard_sums<K>& out, scratch<S, P, G>& sc) noexcept {
+    if (!float_inv_t(rp.inv_t))
+      return ref::row_kernels::shard_sums_of<E>(f, io, rp, st, hot_s, hot_t, out, sc.reference());
+    bool mismatch = false;
+    careful_sums<A>(f, E::x_is_student, io, rp, st, hot_s, hot_t, out.sums, mismatch);
+    if (mismatch) shard_zero_flags(io.zs, io.zt, io.n, out);
+    out.mismatch = out.mismatch || mismatch;
+  }
+
+  // Step 3 of a sharded row is grad<E> with st.online == false (careful_grad: elementwise given the row's statistics).
 
   // One row of the divergence entry E with functor f. Writes the gradients (scaled by rp.c) when the row is valid; on an
   // error (or a masked row) writes nothing.
