@@ -102,7 +102,7 @@ void fused_shapes(benchmark::internal::Benchmark* b) {
   for (std::int64_t n : {2048, 4096})
     for (std::int64_t v : {32000, 128256})
       for (std::int64_t tile : {0, 8192})
-        for (std::int64_t rows : {128, 512}) b->Args({n, v, tile, rows});
+        for (std::int64_t rows : {128, 256, 512}) b->Args({n, v, tile, rows});
 }
 
 }  // namespace

@@ -11,6 +11,9 @@
 #include <catch2/catch.hpp>
 
 #include <kd/vocab_parallel.hpp>
+#if defined(KD_TEST_DISPATCH)
+#include <kd/backend/dispatch.hpp>
+#endif
 
 #include <condition_variable>
 #include <cstring>
@@ -179,6 +182,14 @@ TEST_CASE("vocab_parallel: every divergence, shards of unequal widths, equals th
         check_against_unsharded(d, zs, zt, rows, cols, cuts, o, kd::reference_backend{},
                                 64.0 * std::ldexp(1.0, -53) * 64.0);
         check_against_unsharded(d, zs, zt, rows, cols, cuts, o, kd::default_backend{}, simd_eps(zs, zt, temperature));
+#if defined(KD_TEST_DISPATCH)  // kd::dispatch: every instruction set of this CPU, through a communicator_ref
+        for (kd::simd_isa isa : {kd::simd_isa::sse2, kd::simd_isa::sse4_2, kd::simd_isa::avx2, kd::simd_isa::avx512})
+          if (kd::simd_isa_available(isa)) {
+            INFO("dispatch " << kd::simd_isa_name(isa));
+            check_against_unsharded(d, zs, zt, rows, cols, cuts, o, kd::dispatch_backend{isa, 1},
+                                    simd_eps(zs, zt, temperature));
+          }
+#endif
       }
   }
 }

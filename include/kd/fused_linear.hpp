@@ -27,7 +27,6 @@
 #pragma once
 
 #include <cmath>
-#include <string_view>
 #include <type_traits>
 
 #include "backend.hpp"
@@ -75,78 +74,75 @@ status validate_fused_outputs(const linear_head<T>& sh, const fused_linear_optio
   return ok_status();
 }
 
-}  // namespace detail
-
-template <class T, class Backend = default_backend>
-status fused_linear_divergence(const divergence& d, const linear_head<T>& student, const linear_head<T>& teacher,
-                               const distill_options& options, const fused_linear_options& fused,
-                               loss_result& result, const fused_linear_outputs<T>& outputs = {},
-                               const Backend& backend = {}) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                "kd::fused_linear_divergence: hidden states and weights must be float or double");
-  KD_REQUIRE_BACKEND_OPERATION(fused_linear_divergence, fused_linear, Backend, divergence, linear_head<T>,
-                               const linear_head<T>*, teacher_input<T>, distill_options, fused_linear_options,
-                               loss_result, fused_linear_outputs<T>);
-  if (status s = detail::validate_divergence(d); !s) return s;
-  if (status s = detail::validate_head(student, "student_hidden", "student_weight", "student_bias", "logit_scale",
-                                       "softcap");
-      !s)
-    return s;
-  if (status s = detail::validate_head(teacher, "teacher_hidden", "teacher_weight", "teacher_bias",
-                                       "teacher logit_scale", "teacher softcap");
-      !s)
-    return s;
-  if (teacher.hidden.rows != student.hidden.rows)
-    return make_error(errc::invalid_argument, "teacher_hidden", "must have as many rows as student_hidden",
-                      double(teacher.hidden.rows));
-  if (teacher.weight.rows != student.weight.rows)
-    return make_error(errc::invalid_argument, "teacher_weight", "vocabulary (rows) differs from student_weight's",
-                      double(teacher.weight.rows));
-  if (status s = detail::validate_options(options, student.hidden.rows); !s) return s;
-  if (status s = detail::validate_fused_outputs(student, fused, outputs); !s) return s;
-  if constexpr (detail::has_run_fused_linear<Backend, divergence, linear_head<T>, const linear_head<T>*, teacher_input<T>,
-                                             distill_options, fused_linear_options, loss_result,
-                                             fused_linear_outputs<T>>) {
-    const linear_head<T>* th = &teacher;
-    const teacher_input<T> none{};
-    return backend.run_fused_linear(d, student, th, none, options, fused, result, outputs);
-  } else {
-    return {};
+// The teacher's checks: a head of the student's rows and vocabulary, or logits [N, V].
+template <class T>
+status validate_teacher(const linear_head<T>& student, const linear_head<T>* th, const teacher_input<T>& tl) {
+  if (th) {
+    if (status s = validate_head(*th, "teacher_hidden", "teacher_weight", "teacher_bias", "teacher logit_scale",
+                                 "teacher softcap");
+        !s)
+      return s;
+    if (th->hidden.rows != student.hidden.rows)
+      return make_error(errc::invalid_argument, "teacher_hidden", "must have as many rows as student_hidden",
+                        double(th->hidden.rows));
+    if (th->weight.rows != student.weight.rows)
+      return make_error(errc::invalid_argument, "teacher_weight", "vocabulary (rows) differs from student_weight's",
+                        double(th->weight.rows));
+    return ok_status();
   }
+  if (status s = validate_rows(tl.x, "teacher"); !s) return s;
+  if (tl.x.rows != student.hidden.rows)
+    return make_error(errc::invalid_argument, "teacher", "must have as many rows as student_hidden",
+                      double(tl.x.rows));
+  if (tl.x.cols != student.weight.rows)
+    return make_error(errc::invalid_argument, "teacher", "vocabulary (cols) differs from student_weight's rows",
+                      double(tl.x.cols));
+  return ok_status();
 }
 
-template <class T, class Backend = default_backend>
-status fused_linear_divergence(const divergence& d, const linear_head<T>& student, const teacher_input<T>& teacher,
-                               const distill_options& options, const fused_linear_options& fused,
-                               loss_result& result, const fused_linear_outputs<T>& outputs = {},
-                               const Backend& backend = {}) {
+// Both public overloads: validation (before any output is written), then the backend's member.
+template <class T, class Backend>
+status fused_linear_call(const divergence& d, const linear_head<T>& student, const linear_head<T>* th,
+                         const teacher_input<T>& tl, const distill_options& options, const fused_linear_options& fused,
+                         loss_result& result, const fused_linear_outputs<T>& outputs, const Backend& backend) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "kd::fused_linear_divergence: hidden states, weights and teacher logits must be float or double");
   KD_REQUIRE_BACKEND_OPERATION(fused_linear_divergence, fused_linear, Backend, divergence, linear_head<T>,
                                const linear_head<T>*, teacher_input<T>, distill_options, fused_linear_options,
                                loss_result, fused_linear_outputs<T>);
-  if (status s = detail::validate_divergence(d); !s) return s;
-  if (status s = detail::validate_head(student, "student_hidden", "student_weight", "student_bias", "logit_scale",
-                                       "softcap");
+  if (status s = validate_divergence(d); !s) return s;
+  if (status s = validate_head(student, "student_hidden", "student_weight", "student_bias", "logit_scale", "softcap");
       !s)
     return s;
-  if (status s = detail::validate_rows(teacher.x, "teacher"); !s) return s;
-  if (teacher.x.rows != student.hidden.rows)
-    return make_error(errc::invalid_argument, "teacher", "must have as many rows as student_hidden",
-                      double(teacher.x.rows));
-  if (teacher.x.cols != student.weight.rows)
-    return make_error(errc::invalid_argument, "teacher", "vocabulary (cols) differs from student_weight's rows",
-                      double(teacher.x.cols));
-  if (status s = detail::validate_options(options, student.hidden.rows); !s) return s;
-  if (status s = detail::validate_fused_outputs(student, fused, outputs); !s) return s;
-  if constexpr (detail::has_run_fused_linear<Backend, divergence, linear_head<T>, const linear_head<T>*, teacher_input<T>,
-                                             distill_options, fused_linear_options, loss_result,
-                                             fused_linear_outputs<T>>) {
-    const linear_head<T>* th = nullptr;
-    return backend.run_fused_linear(d, student, th, teacher, options, fused, result, outputs);
-  } else {
+  if (status s = validate_teacher(student, th, tl); !s) return s;
+  if (status s = validate_options(options, student.hidden.rows); !s) return s;
+  if (status s = validate_fused_outputs(student, fused, outputs); !s) return s;
+  if constexpr (has_run_fused_linear<Backend, divergence, linear_head<T>, const linear_head<T>*, teacher_input<T>,
+                                     distill_options, fused_linear_options, loss_result, fused_linear_outputs<T>>)
+    return backend.run_fused_linear(d, student, th, tl, options, fused, result, outputs);
+  else
     return {};
-  }
+}
+
+}  // namespace detail
+
+// Teacher as a head of its own.
+template <class T, class Backend = default_backend>
+status fused_linear_divergence(const divergence& d, const linear_head<T>& student, const linear_head<T>& teacher,
+                               const distill_options& options, const fused_linear_options& fused,
+                               loss_result& result, const fused_linear_outputs<T>& outputs = {},
+                               const Backend& backend = {}) {
+  return detail::fused_linear_call(d, student, &teacher, teacher_input<T>{}, options, fused, result, outputs, backend);
+}
+
+// Teacher as precomputed logits or log-probs [N, V].
+template <class T, class Backend = default_backend>
+status fused_linear_divergence(const divergence& d, const linear_head<T>& student, const teacher_input<T>& teacher,
+                               const distill_options& options, const fused_linear_options& fused,
+                               loss_result& result, const fused_linear_outputs<T>& outputs = {},
+                               const Backend& backend = {}) {
+  return detail::fused_linear_call(d, student, static_cast<const linear_head<T>*>(nullptr), teacher, options, fused,
+                                   result, outputs, backend);
 }
 
 KD_END_NAMESPACE

@@ -16,8 +16,10 @@
 //              kd calls them in the same order on every process: MAX over 10 doubles per row, SUM over 4 per row, SUM
 //              over (n_sums + 3) per row (one to three: the divergence's number of sums). Adapters:
 //              kd::single_process (below: one process, nothing to join), kd::mpi_communicator (kd/comm/mpi.hpp, Open
-//              MPI), and torch.distributed in the Python package (docs/python.md). An NCCL communicator maps the two
-//              calls to ncclAllReduce(ncclFloat64, ncclMax / ncclSum) on the caller's stream (docs/vocab_parallel.md).
+//              MPI), kd::communicator_ref (kd/communicator.hpp: any of them behind function pointers, as
+//              kd::dispatch_backend takes them), and torch.distributed in the Python package (docs/python.md).
+//              An NCCL communicator maps the two calls to ncclAllReduce(ncclFloat64, ncclMax / ncclSum) on the
+//              caller's stream (docs/vocab_parallel.md).
 // Errors: argument errors as kd::divergence_loss (naming student / teacher, before any output is written; the
 //         vocabulary sizes of the two shards must be equal); value errors as well, with the row's first error found
 //         on any shard (so every process returns the same status).

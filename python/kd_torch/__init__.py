@@ -39,4 +39,4 @@ def cuda_backend_available():
     return bool(_C.with_cuda)
 
 
-from . import liger, minillm, nn, trl  # noqa: E402,F401
+from . import distributed, fused, liger, minillm, nn, trl  # noqa: E402,F401

@@ -70,6 +70,30 @@ def _check_choice(v, name, choices):
     return v
 
 
+def _common_args(divergence, student_logits, teacher_logits, params, named_params, temperature, reduction):
+    """The checks every loss over student / teacher rows starts with: (registry entry, parameter values, T)."""
+    info = divergence_info(divergence)
+    _check_tensor(student_logits, "student_logits")
+    _check_tensor(teacher_logits, "teacher_logits")
+    values = _collect_params(info, params, named_params)
+    temperature = _check_number(temperature, "temperature")
+    _check_choice(reduction, "reduction", REDUCTIONS)
+    return info, values, temperature
+
+
+def _reduction(reduction, num_items_in_batch, batch_size):
+    """(kd's reduction name, normalizer) for a reduction string and num_items_in_batch; batch_size: input.size(0).
+    PyTorch's batchmean (F.kl_div, TRL without labels) is sum / input.size(0), the batch size of a [B, T, V] input."""
+    if num_items_in_batch is not None:
+        if reduction in ("sum", "none"):
+            raise ValueError(f"num_items_in_batch: replaces the denominator of 'mean' / 'batchmean'; "
+                             f"it cannot be combined with reduction={reduction!r}")
+        return "normalizer", _check_number(num_items_in_batch, "num_items_in_batch")
+    if reduction == "batchmean":
+        return "normalizer", float(max(batch_size, 1))
+    return reduction, 0.0
+
+
 def _rows(x):
     return x.numel() // x.shape[-1] if x.dim() >= 1 and x.shape[-1] > 0 else 0
 
@@ -98,12 +122,8 @@ def divergence_loss(divergence, student_logits, teacher_logits, *params, tempera
     Errors: ValueError (values, shapes), TypeError (dtypes, types), NotImplementedError (devices other than the CPU),
     each naming the argument, raised before any result is returned.
     """
-    info = divergence_info(divergence)
-    _check_tensor(student_logits, "student_logits")
-    _check_tensor(teacher_logits, "teacher_logits")
-    values = _collect_params(info, params, named_params)
-    temperature = _check_number(temperature, "temperature")
-    _check_choice(reduction, "reduction", REDUCTIONS)
+    info, values, temperature = _common_args(divergence, student_logits, teacher_logits, params, named_params,
+                                             temperature, reduction)
     _check_choice(input_kind, "input_kind", INPUT_KINDS)
     t_kind = input_kind if teacher_input_kind is None else _check_choice(teacher_input_kind, "teacher_input_kind",
                                                                           INPUT_KINDS)
@@ -113,18 +133,8 @@ def divergence_loss(divergence, student_logits, teacher_logits, *params, tempera
         _check_tensor(row_weights, "row_weights")
     if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
         raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
-    normalizer = 0.0
-    red = reduction
-    if num_items_in_batch is not None:
-        if reduction in ("sum", "none"):
-            raise ValueError(f"num_items_in_batch: replaces the denominator of 'mean' / 'batchmean'; "
-                             f"it cannot be combined with reduction={reduction!r}")
-        normalizer = _check_number(num_items_in_batch, "num_items_in_batch")
-        red = "normalizer"
-    elif reduction == "batchmean":
-        # PyTorch's batchmean (F.kl_div, TRL without labels): sum / input.size(0), the batch size of a [B, T, V] input.
-        normalizer = float(max(student_logits.shape[0], 1)) if student_logits.dim() >= 1 else 1.0
-        red = "normalizer"
+    red, normalizer = _reduction(reduction, num_items_in_batch, student_logits.shape[0] if student_logits.dim() >= 1
+                                 else 1)
     loss, per_row, _ = _ops.divergence(
         student_logits, teacher_logits, labels, row_weights, info.kind, values[0], values[1], temperature,
         bool(t2_scale), _RED_CODE[red], normalizer, int(ignore_index), input_kind == "log_probs",

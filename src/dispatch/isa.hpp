@@ -24,6 +24,9 @@ struct kernels {
                             pg_diagnostics& diag);
   status (*lm_loss)(int threads, const student_input<S>& student, const label_view& labels,
                     const distill_options& opt, loss_result& result, const mut_rows<G>& grad);
+  status (*vocab_parallel)(int threads, const kd::divergence& d, const student_input<S>& student,
+                           const teacher_input<S>& teacher, const distill_options& opt, loss_result& result,
+                           const distill_outputs<G>& out, const communicator_ref& comm);
 };
 
 struct table {
@@ -67,8 +70,16 @@ status drive_lm(int threads, const student_input<S>& student, const label_view& 
 }
 
 template <class A, class S, class G>
+status drive_vp(int threads, const divergence& d, const student_input<S>& student, const teacher_input<S>& teacher,
+                const distill_options& opt, loss_result& result, const distill_outputs<G>& out,
+                const communicator_ref& comm) {
+  return simd_backend<A, thread_executor>{thread_executor{threads}}.run_vocab_parallel(d, student, teacher, opt, result,
+                                                                                      out, comm);
+}
+
+template <class A, class S, class G>
 constexpr dispatch_abi::kernels<S, G> kernels_of() noexcept {
-  return {&drive_rows<A, S, G>, &drive_pg<A, S, G>, &drive_lm<A, S, G>};
+  return {&drive_rows<A, S, G>, &drive_pg<A, S, G>, &drive_lm<A, S, G>, &drive_vp<A, S, G>};
 }
 
 template <class A>

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "../detail/row_io.hpp"
@@ -174,6 +175,29 @@ void run_rows(const Executor& exec, std::int64_t nrows, std::int64_t cols, F f) 
     exec.parallel_for(nrows, f);
 }
 
+// The call's result from its rows' scaled losses loss[0..n) and errors (error_of(r) -> {row_error, offending value}):
+// the losses summed in row order on the calling thread (bitwise identical for any thread count), the first value error
+// in row order (masked rows are not errors), the per-row outputs (when per_row is not null) and the reduced loss.
+template <class ErrorOf>
+status reduce_rows(const double* loss, std::int64_t n, ErrorOf error_of, const row_plan& plan, float* per_row,
+                   loss_result& result) {
+  status first;
+  double total = 0.0;
+  for (std::int64_t r = 0; r < n; ++r) {
+    total += loss[r];
+    if (first.ok()) {
+      const std::pair<row_error, double> e = error_of(r);
+      if (e.first != row_error::none && e.first != row_error::masked) first = row_error_status(e.first, e.second, r);
+    }
+  }
+  if (per_row)
+    for (std::int64_t r = 0; r < n; ++r) per_row[r] = static_cast<float>(loss[r]);
+  result.valid_rows = plan.valid_rows;
+  result.denominator = plan.denominator;
+  result.loss = plan.empty_mean && first.ok() ? 0.0 : total / plan.denominator;
+  return first;
+}
+
 template <class Executor, class S, class P, class G>
 status drive(rows_fn<S, P, G> rows, const Executor& exec, const divergence& d, const student_input<S>& student,
              const teacher_input<P>& teacher, const distill_options& opt, loss_result& result,
@@ -220,19 +244,8 @@ status drive(rows_fn<S, P, G> rows, const Executor& exec, const divergence& d, c
     }
   }
 
-  status first;
-  double total = 0.0;
-  for (std::int64_t r = 0; r < nrows; ++r) {  // fixed order: bitwise identical for any thread count
-    total += loss[r];
-    if (first.ok() && err[r] != row_error::none && err[r] != row_error::masked)
-      first = row_error_status(err[r], value[r], r);
-  }
-  if (out.per_row)
-    for (std::int64_t r = 0; r < nrows; ++r) out.per_row[r] = static_cast<float>(loss[r]);
-  result.valid_rows = plan.valid_rows;
-  result.denominator = plan.denominator;
-  result.loss = plan.empty_mean && first.ok() ? 0.0 : total / plan.denominator;
-  return first;
+  return reduce_rows(
+      loss.data(), nrows, [&](std::int64_t r) { return std::make_pair(err[r], value[r]); }, plan, out.per_row, result);
 }
 
 }  // namespace detail

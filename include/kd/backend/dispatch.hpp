@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../communicator.hpp"
 #include "../divergence_spec.hpp"
 #include "../options.hpp"
 #include "../pg_options.hpp"
@@ -48,6 +49,11 @@ status dispatch_divergence(simd_isa isa, int threads, const divergence& d, const
                            const distill_outputs<G>& out);
 
 template <class S, class P, class G>
+status dispatch_vocab_parallel(simd_isa isa, int threads, const divergence& d, const student_input<S>& student,
+                               const teacher_input<P>& teacher, const distill_options& opt, loss_result& result,
+                               const distill_outputs<G>& out, const communicator_ref& comm);
+
+template <class S, class P, class G>
 status dispatch_policy_gradient(simd_isa isa, int threads, const student_input<S>& student,
                                 const teacher_input<P>& teacher, const pg_sequences& seq, const pg_options& opt,
                                 const pg_outputs<G>& out, pg_diagnostics& diag);
@@ -68,6 +74,7 @@ KD_BEGIN_NAMESPACE
 namespace detail {
 
 using dispatch_abi::dispatch_divergence;
+using dispatch_abi::dispatch_vocab_parallel;
 using dispatch_abi::dispatch_lm_loss;
 using dispatch_abi::dispatch_policy_gradient;
 using dispatch_abi::dispatch_exp;
@@ -94,6 +101,18 @@ struct dispatch_backend {
                   "kd::dispatch_backend: student and teacher must have the same element type (float, kd::bfloat16 or "
                   "kd::half) and the gradient must be float or that type; use kd::simd_backend<> otherwise");
     return detail::dispatch_divergence(isa, threads, d, student, teacher, opt, result, out);
+  }
+
+  // kd::vocab_parallel_divergence: any communicator, through a communicator_ref (kd/communicator.hpp).
+  template <class S, class P, class G, class Comm>
+  status run_vocab_parallel(const divergence& d, const student_input<S>& student, const teacher_input<P>& teacher,
+                            const distill_options& opt, loss_result& result, const distill_outputs<G>& out,
+                            const Comm& comm) const {
+    static_assert(detail::dispatch_types_supported<S, P, G>,
+                  "kd::dispatch_backend: student and teacher must have the same element type (float, kd::bfloat16 or "
+                  "kd::half) and the gradient must be float or that type; use kd::simd_backend<> otherwise");
+    return detail::dispatch_vocab_parallel(isa, threads, d, student, teacher, opt, result, out,
+                                           communicator_ref::of(comm));
   }
 
   template <class S, class P, class G>

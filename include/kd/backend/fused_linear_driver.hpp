@@ -4,8 +4,9 @@
 // the matrix products at once: no [N, V] buffer ever exists.
 //
 // Per chunk of R rows and tiles of W vocabulary entries (memory: 3 R W values of T plus O(R) per-row state):
-//   one tile (W = V, the default): logits once; statistics, sums, gradient on the buffered tile; 1 forward product per
-//            side plus the 2 backward products, as the unfused path;
+//   one tile (W = V, the default): logits once, then the backend's own row kernel on each row (K::row: statistics and
+//            gradient, the online form for KL, exactly as kd::divergence_loss) and the backward products: 1 forward
+//            product per side plus the 2 backward products, as the unfused path;
 //   several tiles: step 1 over the tiles (recomputing each tile's logits), step 2 over them again, step 3 a third time
 //            with the backward products: 3 forward products per side, for memory O(R W).
 // Logit transform per side (Cohere / Gemma-2): z = c tanh(s a / c) with a = h W^T + b, s = logit_scale, c =
@@ -19,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "../detail/row_io.hpp"
@@ -92,7 +94,7 @@ status run_entry(const X& exec, const divergence& d, const linear_head<T>& sh, c
   const std::int64_t W = fo.tile_vocab > 0 ? std::min(fo.tile_vocab, V) : V;
   const std::int64_t n_tiles = (V + W - 1) / W;
   std::int64_t R = fo.chunk_rows;
-  if (R <= 0) R = std::max<std::int64_t>(1, (std::int64_t{64} << 20) / (3 * W * static_cast<std::int64_t>(sizeof(T))));
+  if (R <= 0) R = 256;
   R = std::min(R, std::max<std::int64_t>(N, 1));
 
   // Row weights and plan. Precomputed teacher rows that are fully masked (all -inf) do not count: found up front, so
@@ -145,6 +147,27 @@ status run_entry(const X& exec, const divergence& d, const linear_head<T>& sh, c
     });
   };
 
+  // dz (dL/dz of rows [r0, r0 + m), vocabulary [v0, v0 + w)) through the transform and the backward products.
+  auto backward_tile = [&](std::int64_t r0, std::int64_t m, std::int64_t v0, std::int64_t w, bool first_tile) {
+    chain_transform(sh, zs, dz);
+    cmap<T> hs(sh.hidden.data + r0 * sh.hidden.row_stride, m, H, Eigen::OuterStride<>(sh.hidden.row_stride));
+    cmap<T> wt(sh.weight.data + v0 * sh.weight.row_stride, w, H, Eigen::OuterStride<>(sh.weight.row_stride));
+    if (out.grad_hidden.data) {
+      mmap<T> gh(out.grad_hidden.data + r0 * out.grad_hidden.row_stride, m, H,
+                 Eigen::OuterStride<>(out.grad_hidden.row_stride));
+      if (first_tile) gh.noalias() = dz * wt;
+      else gh.noalias() += dz * wt;
+    }
+    if (out.grad_weight.data) {
+      mmap<T> gw(out.grad_weight.data + v0 * out.grad_weight.row_stride, w, H,
+                 Eigen::OuterStride<>(out.grad_weight.row_stride));
+      gw.noalias() += dz.transpose() * hs;
+    }
+    if (out.grad_bias)
+      for (std::int64_t i = 0; i < m; ++i)
+        for (std::int64_t j = 0; j < w; ++j) out.grad_bias[v0 + j] += dz(i, j);
+  };
+
   for (std::int64_t r0 = 0; r0 < N; r0 += R) {
     const std::int64_t m = std::min(R, N - r0);
     sides.assign(static_cast<std::size_t>(m), {});
@@ -152,7 +175,45 @@ status run_entry(const X& exec, const divergence& d, const linear_head<T>& sh, c
     st.assign(static_cast<std::size_t>(m), {});
     acc.assign(static_cast<std::size_t>(m), {});
     ent.assign(static_cast<std::size_t>(m), 0.0);
-    // Step 1: side statistics, merged over the tiles in order.
+    if (n_tiles == 1) {
+      // The whole vocabulary in one tile: the backend's own row kernel, as kd::divergence_loss runs it (statistics and
+      // gradient in one call; KL's online two-pass form), on the buffered logits.
+      logits(r0, m, 0, V);
+      if (want_grad) dz.resize(m, V);
+      for_rows(m, V, [&](std::int64_t i, scratch_t& sc) {
+        const std::int64_t r = r0 + i;
+        T* g = want_grad ? dz.data() + i * V : nullptr;
+        if (weights[r] == 0.0 || plan.empty_mean) {
+          if (g) std::fill(g, g + V, T(0));
+          return;
+        }
+        row_params rp = rp0;
+        rp.c = weights[r] * plan.scale * rp0.inv_t;
+        const row_io<T, T, T> x = io_of(i, V, g);
+        row_result rr = K::template row<E>(f0, x, rp, sc);
+        if (rr.error == row_error::support_mismatch) rr.error = mismatch_side(x.zs, x.zt, V, !E::x_is_student);
+        if (rr.error != row_error::none && g)
+          std::fill(g, g + V, rr.error == row_error::masked ? T(0) : std::numeric_limits<T>::quiet_NaN());
+        res[r] = rr;
+        const double l = rr.error == row_error::none && rr.loss < 0.0 ? 0.0 : rr.loss;
+        loss[r] = rr.error == row_error::masked ? 0.0 : l * weights[r] * plan.loss_scale;
+        if (out.student_entropy) {
+          const lse_result ls = K::student_lse(x.zs, V, rp0.inv_t, sc);
+          double e = 0.0;
+          for (std::int64_t j = 0; j < V; ++j) {
+            const double lq = (static_cast<double>(x.zs[j]) * rp0.inv_t - ls.lse.max) - ls.lse.log_sum;
+            e += std::exp(lq) * lq;
+          }
+          ent[i] = e;
+        }
+      });
+      if (out.student_entropy)
+        for (std::int64_t i = 0; i < m; ++i)
+          out.student_entropy[r0 + i] = weights[r0 + i] == 0.0 ? 0.0f : static_cast<float>(-ent[i]);
+      if (want_grad) backward_tile(r0, m, 0, V, true);
+      continue;
+    }
+    // Several tiles. Step 1: side statistics, merged over the tiles in order.
     for (std::int64_t t = 0; t < n_tiles; ++t) {
       const std::int64_t v0 = t * W, w = std::min(W, V - v0);
       logits(r0, m, v0, w);
@@ -228,39 +289,16 @@ status run_entry(const X& exec, const divergence& d, const linear_head<T>& sh, c
         rp.c = weights[r] * plan.scale * rp0.inv_t;
         K::template grad<E>(st[i], io_of(i, w, g), rp, sc);
       });
-      chain_transform(sh, zs, dz);
-      cmap<T> hs(sh.hidden.data + r0 * sh.hidden.row_stride, m, H, Eigen::OuterStride<>(sh.hidden.row_stride));
-      cmap<T> wt(sh.weight.data + v0 * sh.weight.row_stride, w, H, Eigen::OuterStride<>(sh.weight.row_stride));
-      if (out.grad_hidden.data) {
-        mmap<T> gh(out.grad_hidden.data + r0 * out.grad_hidden.row_stride, m, H,
-                   Eigen::OuterStride<>(out.grad_hidden.row_stride));
-        if (t == 0) gh.noalias() = dz * wt;
-        else gh.noalias() += dz * wt;
-      }
-      if (out.grad_weight.data) {
-        mmap<T> gw(out.grad_weight.data + v0 * out.grad_weight.row_stride, w, H,
-                   Eigen::OuterStride<>(out.grad_weight.row_stride));
-        gw.noalias() += dz.transpose() * hs;
-      }
-      if (out.grad_bias)
-        for (std::int64_t i = 0; i < m; ++i)
-          for (std::int64_t j = 0; j < w; ++j) out.grad_bias[v0 + j] += dz(i, j);
+      backward_tile(r0, m, v0, w, t == 0);
     }
   }
 
-  status first;
-  double total = 0.0;
-  for (std::int64_t r = 0; r < N; ++r) {
-    total += loss[r];
-    if (first.ok() && weights[r] != 0.0 && res[r].error != row_error::none)
-      first = row_error_status(res[r].error, res[r].value, r);
-  }
-  if (out.per_row)
-    for (std::int64_t r = 0; r < N; ++r) out.per_row[r] = static_cast<float>(loss[r]);
-  result.valid_rows = plan.valid_rows;
-  result.denominator = plan.denominator;
-  result.loss = plan.empty_mean && first.ok() ? 0.0 : total / plan.denominator;
-  return first;
+  return reduce_rows(
+      loss.data(), N,
+      [&](std::int64_t r) {
+        return weights[r] == 0.0 ? std::make_pair(row_error::none, 0.0) : std::make_pair(res[r].error, res[r].value);
+      },
+      plan, out.per_row, result);
 }
 
 template <class K, class X, class T>

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "../detail/row_io.hpp"
@@ -147,8 +148,6 @@ class rows_state {
   // After sums_buffer() was all-reduced with SUM: each row's loss and error; the reduced loss and the first error.
   status finish_sums(loss_result& result) {
     const std::int64_t n = s_.rows;
-    status first;
-    double total = 0.0;
     for (std::int64_t r = 0; r < n; ++r) {
       row_stats<F>& st = stats_[r];
       loss_[r] = 0.0;
@@ -166,15 +165,14 @@ class rows_state {
       // Clamped at 0 as the unsharded driver does (backend/cpu_driver.hpp); errors keep their NaN / +inf.
       const double l = st.res.error == row_error::none && st.res.loss < 0.0 ? 0.0 : st.res.loss;
       loss_[r] = l * weights_[r] * plan_.loss_scale;
-      total += loss_[r];
-      if (first.ok() && st.res.error != row_error::none) first = row_error_status(st.res.error, st.res.value, r);
     }
-    if (out_.per_row)
-      for (std::int64_t r = 0; r < n; ++r) out_.per_row[r] = static_cast<float>(loss_[r]);
-    result.valid_rows = plan_.valid_rows;
-    result.denominator = plan_.denominator;
-    result.loss = plan_.empty_mean && first.ok() ? 0.0 : total / plan_.denominator;
-    return first;
+    return reduce_rows(
+        loss_.data(), n,
+        [&](std::int64_t r) {
+          return weights_[r] == 0.0 ? std::make_pair(row_error::none, 0.0)
+                                    : std::make_pair(stats_[r].res.error, stats_[r].res.value);
+        },
+        plan_, out_.per_row, result);
   }
 
   // Step 3: the local shard's gradient entries (zeros for rows that do not count, NaN for rows with errors).

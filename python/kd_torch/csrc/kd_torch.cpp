@@ -21,6 +21,7 @@
 #include <kd/backend/dispatch.hpp>
 #include <kd/divergence.hpp>
 #include <kd/policy_gradient.hpp>
+#include <kd/vocab_parallel.hpp>
 
 #include <sys/mman.h>
 
@@ -260,6 +261,26 @@ Tensor per_row_tensor(const Tensor& t, std::int64_t rows, const std::vector<std:
 
 enum reduction_code : std::int64_t { red_none = 0, red_sum = 1, red_mean = 2, red_normalizer = 3 };
 
+// The optional per-row labels (int64 / int32) and row weights (float32) of a call over `rows` rows.
+void per_row_inputs(const c10::optional<Tensor>& labels_in, const c10::optional<Tensor>& weights_in, std::int64_t rows,
+                    const std::vector<std::int64_t>& lead, Tensor& labels, Tensor& weights) {
+  if (labels_in.has_value() && labels_in->defined())
+    labels = per_row_tensor(*labels_in, rows, lead, "labels", {at::kLong, at::kInt}, "int64 or int32");
+  if (weights_in.has_value() && weights_in->defined())
+    weights = per_row_tensor(*weights_in, rows, lead, "row_weights", {at::kFloat}, "float32");
+}
+
+kd::distill_options make_options(double temperature, bool t2_scale, int64_t reduction, double normalizer,
+                                 int64_t ignore_index) {
+  kd::distill_options opt;
+  opt.temperature = temperature;
+  opt.t2_scale = t2_scale;
+  opt.reduction = static_cast<kd::reduction>(reduction);
+  opt.normalizer = normalizer;
+  opt.ignore_index = ignore_index;
+  return opt;
+}
+
 template <class F>
 void dispatch_dtype(at::ScalarType t, F&& f) {
   switch (t) {
@@ -312,10 +333,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> divergence_op(
   const auto lead = leading_shape(student);
 
   Tensor labels, weights;
-  if (labels_in.has_value() && labels_in->defined())
-    labels = per_row_tensor(*labels_in, rows, lead, "labels", {at::kLong, at::kInt}, "int64 or int32");
-  if (weights_in.has_value() && weights_in->defined())
-    weights = per_row_tensor(*weights_in, rows, lead, "row_weights", {at::kFloat}, "float32");
+  per_row_inputs(labels_in, weights_in, rows, lead, labels, weights);
 
   std::int64_t s_stride = V, t_stride = V;
   const bool grouped = student.dim() >= 3 && rows > 0 &&
@@ -324,12 +342,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> divergence_op(
   const std::int64_t R = ls.rows_per_group;
   const std::size_t groups = ls.offsets.size();
 
-  kd::distill_options opt;
-  opt.temperature = temperature;
-  opt.t2_scale = t2_scale;
-  opt.reduction = static_cast<kd::reduction>(reduction);
-  opt.normalizer = normalizer;
-  opt.ignore_index = ignore_index;
+  kd::distill_options opt = make_options(temperature, t2_scale, reduction, normalizer, ignore_index);
   const kd::divergence d = kd::divergence::of(static_cast<kd::divergence_kind>(kind), param0, param1);
 
   const bool f64 = student.scalar_type() == at::kDouble;
@@ -577,6 +590,77 @@ std::string canonical_name(int64_t kind, double p0, double p1) {
       kd::canonical_divergence(kd::divergence::of(static_cast<kd::divergence_kind>(kind), p0, p1)).kind);
 }
 
+// ---------------------------------------------------------------------------------------------------------------------
+// Vocabulary-parallel divergence (kd/vocab_parallel.hpp): this process's vocabulary shard of [rows, V_local] student and
+// teacher rows; kd's collectives go through `all_reduce(tensor, op)` (op "max" or "sum"; a float64 CPU tensor viewing
+// kd's buffer, reduced in place), which kd_torch.distributed binds to torch.distributed.all_reduce.
+// Returns (loss, grad_student or an empty tensor, per_row float32).
+struct python_communicator {
+  const pybind11::function* fn;
+  void call(double* x, std::int64_t n, const char* op) const {
+    Tensor t = torch::from_blob(x, {n}, torch::TensorOptions().dtype(at::kDouble));
+    (*fn)(t, op);
+  }
+  void all_reduce_max(double* x, std::int64_t n) const { call(x, n, "max"); }
+  void all_reduce_sum(double* x, std::int64_t n) const { call(x, n, "sum"); }
+};
+
+std::tuple<Tensor, Tensor, Tensor> vocab_parallel_op(const Tensor& student_in, const Tensor& teacher_in,
+                                                     const c10::optional<Tensor>& labels_in,
+                                                     const c10::optional<Tensor>& weights_in, int64_t kind,
+                                                     double param0, double param1, double temperature, bool t2_scale,
+                                                     int64_t reduction, double normalizer, int64_t ignore_index,
+                                                     bool want_grad, const pybind11::function& all_reduce) {
+  arg_names names;
+  names.student = "student_logits";
+  names.teacher = "teacher_logits";
+  check_logits(student_in, names.student);
+  check_logits(teacher_in, names.teacher);
+  TORCH_CHECK_TYPE(student_in.scalar_type() == teacher_in.scalar_type(), names.teacher, ": dtype ",
+                   teacher_in.scalar_type(), " differs from ", names.student, "'s ", student_in.scalar_type());
+  TORCH_CHECK_VALUE(student_in.sizes() == teacher_in.sizes(), names.teacher, ": shape ", teacher_in.sizes(),
+                    " differs from ", names.student, "'s ", student_in.sizes(),
+                    " (each process passes the same shard of both models' vocabularies)");
+  TORCH_CHECK_VALUE(reduction >= red_none && reduction <= red_normalizer, "reduction: unknown code ", reduction);
+  if (!kd::is_registered(static_cast<kd::divergence_kind>(kind)))
+    TORCH_CHECK_VALUE(false, "divergence: unknown kind ", kind, " (not in kd's registry)");
+  const std::int64_t V = student_in.size(-1);
+  const Tensor student = student_in.reshape({-1, V}).contiguous(), teacher = teacher_in.reshape({-1, V}).contiguous();
+  const std::int64_t rows = student.size(0);
+  const auto lead = leading_shape(student_in);
+  Tensor labels, weights;
+  per_row_inputs(labels_in, weights_in, rows, lead, labels, weights);
+  kd::distill_options opt = make_options(temperature, t2_scale, reduction, normalizer, ignore_index);
+  if (labels.defined()) {
+    if (labels.scalar_type() == at::kLong) opt.labels = kd::label_view(labels.const_data_ptr<int64_t>(), rows);
+    else opt.labels = kd::label_view(labels.const_data_ptr<int32_t>(), rows);
+  }
+  if (weights.defined()) opt.row_weights = weights.const_data_ptr<float>();
+  const kd::divergence d = kd::divergence::of(static_cast<kd::divergence_kind>(kind), param0, param1);
+  const bool f64 = student.scalar_type() == at::kDouble;
+  Tensor grad_s = want_grad ? at::empty_like(student) : at::empty({0}, student.options());
+  Tensor per_row = at::empty({rows}, student.options().dtype(at::kFloat));
+  const python_communicator comm{&all_reduce};
+  kd::loss_result res;
+  dispatch_dtype(student.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    kd::distill_outputs<S> out;
+    if (want_grad) out.grad_student = kd::mut_rows<S>(mptr<S>(grad_s), rows, V, V);
+    out.per_row = per_row.mutable_data_ptr<float>();
+    const auto si = kd::student_logits(cptr<S>(student), rows, V);
+    const auto ti = kd::teacher_logits(cptr<S>(teacher), rows, V);
+    kd::status st;
+    if constexpr (std::is_same_v<S, double>)
+      st = kd::vocab_parallel_divergence(d, si, ti, opt, res, out, comm, kd::reference_backend{});
+    else
+      st = kd::vocab_parallel_divergence(d, si, ti, opt, res, out, comm, dispatch());
+    raise_if_error(st, names);
+  });
+  if (want_grad) grad_s = grad_s.view(student_in.sizes());
+  Tensor loss = at::scalar_tensor(res.loss, student.options().dtype(f64 ? at::kDouble : at::kFloat));
+  return {loss, grad_s, per_row.view(lead)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(kd_torch, m) {
@@ -616,6 +700,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("available_simd_isas", &available_simd_isas, "Instruction sets this CPU and build support");
   m.def("registry", &registry, "kd's divergence registry (kd/divergences/registry.hpp)");
   m.def("canonical_name", &canonical_name, "The divergence computed for (kind, param0, param1) after endpoint rules");
+  m.def("vocab_parallel", &vocab_parallel_op,
+        "kd::vocab_parallel_divergence on this process's vocabulary shard; collectives through all_reduce(tensor, op)");
   m.def("pg_diagnostic_names", &pg_diagnostic_names, "Names of the diagnostics tensor of policy_gradient");
   m.attr("version") = std::to_string(KD_VERSION_MAJOR) + "." + std::to_string(KD_VERSION_MINOR) + "." +
                       std::to_string(KD_VERSION_PATCH);
