@@ -330,6 +330,31 @@ TEST_CASE("fused_linear: finite differences of the fused loss (double) check the
   }
 }
 
+TEST_CASE("fused_linear: a -inf bias entry (a padded vocabulary) leaves the entropy and the loss finite, any tiling") {
+  problem p(21);
+  p.bs[3] = -std::numeric_limits<double>::infinity();  // the student never puts mass on token 3
+  kd::distill_options o;
+  const grads ref = unfused(kd::divergence::reverse_kl(), p, true, o);
+  REQUIRE(ref.st.ok());
+  const auto zs = logits(p.hs, p.ws, &p.bs, p.N, p.H, p.V, 1.0, 0.0);
+  for (const auto& fo : {kd::fused_linear_options{4, 0}, kd::fused_linear_options{4, 8}}) {
+    INFO("tile_vocab " << fo.tile_vocab);
+    std::vector<float> ent;
+    const grads g = fused<double>(kd::divergence::reverse_kl(), p, true, o, fo, kd::reference_backend{}, &ent);
+    REQUIRE(g.st.ok());
+    check_double(g, ref, p);
+    for (std::int64_t r = 0; r < p.N; ++r) {
+      const double m = ninf_max(zs, r, p.V, 1.0);
+      double s = 0.0, e = 0.0;
+      for (std::int64_t j = 0; j < p.V; ++j) s += std::exp(zs[r * p.V + j] - m);
+      for (std::int64_t j = 0; j < p.V; ++j)
+        if (j != 3) e -= std::exp(zs[r * p.V + j] - m - std::log(s)) * (zs[r * p.V + j] - m - std::log(s));
+      CHECK(std::isfinite(ent[r]));
+      CHECK(std::abs(ent[r] - e) <= 4e-7 * e);
+    }
+  }
+}
+
 TEST_CASE("fused_linear: argument errors name the argument and touch no output; value errors name the row") {
   problem p(3);
   std::vector<float> hs = cast<float>(p.hs), ws = cast<float>(p.ws), bs = cast<float>(p.bs), tl = cast<float>(p.tl);
@@ -361,6 +386,9 @@ TEST_CASE("fused_linear: argument errors name the argument and touch no output; 
   auto nob = head(p.H, 1.0, 0.0);
   nob.bias = nullptr;
   expect(kd::fused_linear_divergence(d, nob, t, o, {}, r, ob), "grad_bias");
+  kd::fused_linear_outputs<float> inplace = out;
+  inplace.grad_bias = bs.data();  // in place over the bias: refused
+  expect(kd::fused_linear_divergence(d, head(p.H, 1.0, 0.0), t, o, {}, r, inplace), "grad_bias");
   // Reverse KL with the teacher's zero where the student has mass (row 5): +inf, naming the teacher.
   tl[5 * p.V + 4] = -std::numeric_limits<float>::infinity();
   const auto sm = kd::fused_linear_divergence(d, head(p.H, 1.0, 0.0), t, o, {3, 7}, r, out);

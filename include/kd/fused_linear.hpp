@@ -19,9 +19,10 @@
 // The result equals the unfused path (logits, kd::divergence_loss, the backward matrix products) to float rounding for
 // any chunk_rows and tile_vocab (tests/test_fused_linear.cpp; docs/fused_linear.md). Matrix products: Eigen (its
 // OpenMP threads when built with -fopenmp); the row kernels: the backend's (reference: double; simd: float32 lanes).
-// Errors: argument errors (errc::invalid_argument, naming student_hidden, student_weight, student_bias,
-//         teacher_hidden, teacher_weight, teacher_bias, teacher, logit_scale, softcap, chunk_rows, tile_vocab,
-//         grad_hidden, grad_weight, grad_bias) before any output is written; value errors (a NaN / +inf hidden
+// Errors: argument errors (errc::invalid_argument, naming student_hidden, student_weight, teacher_hidden,
+//         teacher_weight, teacher, logit_scale, softcap, chunk_rows, tile_vocab, grad_hidden, grad_weight, grad_bias)
+//         before any output is written (gradient outputs must not overlap the student's inputs; overlap with the
+//         teacher's is not checked); value errors (a NaN / +inf hidden
 //         state or weight gives non-finite logits) as kd::divergence_loss, naming "student" / "teacher" and the row:
 //         that row's gradient is NaN and, through the products, so is the weight gradient (as in the unfused path).
 #pragma once
@@ -71,6 +72,8 @@ status validate_fused_outputs(const linear_head<T>& sh, const fused_linear_optio
     return make_error(errc::invalid_argument, "grad_hidden", "overlaps student_hidden (in place is not supported)");
   if (gw.data && overlaps(const_rows<T>(gw.data, gw.rows, gw.cols, gw.row_stride), sh.weight))
     return make_error(errc::invalid_argument, "grad_weight", "overlaps student_weight (in place is not supported)");
+  if (out.grad_bias && out.grad_bias < sh.bias + sh.weight.rows && sh.bias < out.grad_bias + sh.weight.rows)
+    return make_error(errc::invalid_argument, "grad_bias", "overlaps student_bias (in place is not supported)");
   return ok_status();
 }
 

@@ -21,7 +21,10 @@
 //              An NCCL communicator maps the two calls to ncclAllReduce(ncclFloat64, ncclMax / ncclSum) on the
 //              caller's stream (docs/vocab_parallel.md).
 // Errors: argument errors as kd::divergence_loss (naming student / teacher, before any output is written; the
-//         vocabulary sizes of the two shards must be equal); value errors as well, with the row's first error found
+//         vocabulary sizes of the two shards must be equal). They are checked on each process alone, before any
+//         collective: a process whose arguments fail returns while the others wait in the first all-reduce, so
+//         check shapes and options identically on every process (a job that hangs here has a bad shard). Value
+//         errors as well, with the row's first error found
 //         on any shard (so every process returns the same status).
 // The three steps of a sharded row (side statistics, the divergence's sums, finish and gradient) and the collectives
 // between them: backend/shard_driver.hpp and detail/shard_stats.hpp; docs/vocab_parallel.md.

@@ -57,10 +57,12 @@ class _VocabParallel(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if grad.numel() == 0:
             return (None,) * 13
+        # 16-bit gradients are scaled in float32 and rounded once (as kd_torch's other losses, _ops._scale_grad)
+        wide = torch.float64 if grad.dtype == torch.float64 else torch.float32
         if ctx.per_row_output:
-            g = grad * g_per_row.to(grad.dtype).unsqueeze(-1) if g_per_row is not None else None
+            g = (grad.to(wide) * g_per_row.to(wide).unsqueeze(-1)).to(grad.dtype) if g_per_row is not None else None
         else:
-            g = grad * g_loss.to(grad.dtype)
+            g = (grad.to(wide) * g_loss.to(wide)).to(grad.dtype)
         return (g,) + (None,) * 12
 
 

@@ -62,7 +62,7 @@ class _Fused(torch.autograd.Function):
             den = normalizer
         want = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         acc = torch.float32 if hs.dtype in (torch.bfloat16, torch.float16) else hs.dtype
-        gh = torch.zeros(N, H, dtype=hs.dtype) if want else None
+        gh = torch.zeros(N, H, dtype=acc) if want else None
         gw = torch.zeros(V, H, dtype=acc) if want else None
         gb = torch.zeros(V, dtype=acc) if want and bs is not None else None
         total = torch.zeros((), dtype=torch.float64)
@@ -85,32 +85,33 @@ class _Fused(torch.autograd.Function):
             total += loss.double()
             if not want:
                 continue
+            g = g.to(acc)  # the chain factor and the products in float32 for 16-bit inputs (rounded once at the end)
             if cap is not None:
-                g = g * (scale * (1 - (zs / cap) ** 2))
+                g = g * (scale * (1 - (zs.to(acc) / cap) ** 2))
             elif scale != 1.0:
                 g = g * scale
-            gh[r0:r1] = (g @ ws).to(hs.dtype)
-            gw += (g.t() @ hc).to(acc)
+            gh[r0:r1] = g @ ws.to(acc)
+            gw += g.t() @ hc.to(acc)
             if gb is not None:
-                gb += g.sum(0).to(acc)
-        ctx.save_for_backward(gh.reshape(*lead, H) if want else None, gw.to(ws.dtype) if want else None,
-                              gb.to(bs.dtype) if gb is not None else None)
+                gb += g.sum(0)
+        # kept in float32 for 16-bit inputs: backward scales by grad_output and rounds once
+        ctx.save_for_backward(gh.reshape(*lead, H) if want else None, gw if want else None, gb)
+        ctx.dtypes = (hs.dtype, ws.dtype, bs.dtype if bs is not None else None)
         return total.to(acc if acc != torch.float64 else torch.float64)
 
     @staticmethod
     def backward(ctx, g):
-        gh, gw, gb = ctx.saved_tensors
-        s = g.to(gh.dtype) if gh is not None else None
-        out = [gh * s if gh is not None and ctx.needs_input_grad[0] else None,
-               gw * s if gw is not None and ctx.needs_input_grad[1] else None,
-               gb * s if gb is not None and ctx.needs_input_grad[2] else None]
+        saved = ctx.saved_tensors
+        out = []
+        for i, (t, dt) in enumerate(zip(saved, ctx.dtypes)):
+            out.append((t * g.to(t.dtype)).to(dt) if t is not None and ctx.needs_input_grad[i] else None)
         return tuple(out) + (None,) * 19
 
 
 def fused_linear_divergence_loss(divergence, student_hidden, student_weight, teacher_hidden=None, teacher_weight=None,
                                  *params, teacher_logits=None, labels=None, ignore_index=-100, row_weights=None,
                                  temperature=1.0, t2_scale=False, reduction="mean", num_items_in_batch=None,
-                                 student_bias=None, teacher_bias=None, logit_scale=1.0, teacher_logit_scale=None,
+                                 student_bias=None, teacher_bias=None, logit_scale=1.0, teacher_logit_scale=1.0,
                                  final_logit_softcapping=None, teacher_final_logit_softcapping=None, chunk_size=1024,
                                  **named_params):
     """kd's divergence (a registered name, with its parameters: jsd's beta, ...) between softmax(z_s / T) and
@@ -119,7 +120,8 @@ def fused_linear_divergence_loss(divergence, student_hidden, student_weight, tea
 
     student_hidden [..., H], student_weight [V, H] (nn.Linear's weight), student_bias [V] or None; teacher likewise
     (its own H). logit_scale multiplies the logits (Cohere); final_logit_softcapping c caps them, z = c tanh(z / c)
-    (Gemma-2); the teacher's default to the student's. Returns a 0-dim tensor; gradients reach student_hidden,
+    (Gemma-2; None: no cap); the teacher's teacher_logit_scale / teacher_final_logit_softcapping are independent
+    (defaults 1.0 / None: give both sides' values for a Gemma-2 teacher). Returns a 0-dim tensor; gradients reach student_hidden,
     student_weight and student_bias (the teacher is treated as constant)."""
     info = divergence_info(divergence)
     for t, n in ((student_hidden, "student_hidden"), (student_weight, "student_weight")):
@@ -150,14 +152,29 @@ def fused_linear_divergence_loss(divergence, student_hidden, student_weight, tea
     scale = _check_number(logit_scale, "logit_scale")
     if scale == 0.0:
         raise ValueError("logit_scale: must be != 0")
-    t_scale = scale if teacher_logit_scale is None else _check_number(teacher_logit_scale, "teacher_logit_scale")
+    t_scale = _check_number(teacher_logit_scale, "teacher_logit_scale")
+    if t_scale == 0.0:
+        raise ValueError("teacher_logit_scale: must be != 0")
     cap = None if final_logit_softcapping is None else _check_number(final_logit_softcapping,
                                                                       "final_logit_softcapping")
-    t_cap = cap if teacher_final_logit_softcapping is None else _check_number(teacher_final_logit_softcapping,
-                                                                                "teacher_final_logit_softcapping")
+    t_cap = None if teacher_final_logit_softcapping is None else _check_number(teacher_final_logit_softcapping,
+                                                                                 "teacher_final_logit_softcapping")
     for c, n in ((cap, "final_logit_softcapping"), (t_cap, "teacher_final_logit_softcapping")):
         if c is not None and not c > 0.0:
             raise ValueError(f"{n}: must be > 0 (None: no softcapping), got {c}")
+    rows = student_hidden.numel() // student_hidden.shape[-1] if student_hidden.shape[-1] else 0
+    if labels is not None:
+        _check_tensor(labels, "labels")
+        if labels.numel() != rows or labels.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"labels: expected {rows} int64 / int32 values (one per row), got {labels.numel()} "
+                             f"{labels.dtype}")
+    if row_weights is not None:
+        _check_tensor(row_weights, "row_weights")
+        if row_weights.numel() != rows or row_weights.dtype != torch.float32:
+            raise ValueError(f"row_weights: expected {rows} float32 values (one per row), got {row_weights.numel()} "
+                             f"{row_weights.dtype}")
+        if not bool(torch.isfinite(row_weights).all()) or bool((row_weights < 0).any()):
+            raise ValueError("row_weights: must be finite and >= 0")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: must be an int >= 1, got {chunk_size!r}")
     red, normalizer = _reduction(reduction, num_items_in_batch, student_hidden.shape[0] if student_hidden.dim() >= 2

@@ -202,7 +202,7 @@ status run_entry(const X& exec, const divergence& d, const linear_head<T>& sh, c
           double e = 0.0;
           for (std::int64_t j = 0; j < V; ++j) {
             const double lq = (static_cast<double>(x.zs[j]) * rp0.inv_t - ls.lse.max) - ls.lse.log_sum;
-            e += std::exp(lq) * lq;
+            if (lq > -std::numeric_limits<double>::infinity()) e += std::exp(lq) * lq;  // q = 0 adds 0, not 0 * -inf
           }
           ent[i] = e;
         }
@@ -247,7 +247,7 @@ status run_entry(const X& exec, const divergence& d, const linear_head<T>& sh, c
           double e = 0.0;
           for (std::int64_t j = 0; j < w; ++j) {
             const double lq = (static_cast<double>(z[j]) * rp0.inv_t - st[i].s.max) - st[i].s.log_sum;
-            e += std::exp(lq) * lq;
+            if (lq > -std::numeric_limits<double>::infinity()) e += std::exp(lq) * lq;
           }
           ent[i] += e;
         }
@@ -281,8 +281,8 @@ status run_entry(const X& exec, const divergence& d, const linear_head<T>& sh, c
           std::fill(g, g + w, T(0));
           return;
         }
-        if (st[i].res.error != row_error::none) {
-          std::fill(g, g + w, std::numeric_limits<T>::quiet_NaN());
+        if (st[i].res.error != row_error::none) {  // a masked row (every logit -inf) counts for nothing, as in one tile
+          std::fill(g, g + w, st[i].res.error == row_error::masked ? T(0) : std::numeric_limits<T>::quiet_NaN());
           return;
         }
         row_params rp = rp0;

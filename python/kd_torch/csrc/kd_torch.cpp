@@ -658,7 +658,8 @@ std::tuple<Tensor, Tensor, Tensor> vocab_parallel_op(const Tensor& student_in, c
   });
   if (want_grad) grad_s = grad_s.view(student_in.sizes());
   Tensor loss = at::scalar_tensor(res.loss, student.options().dtype(f64 ? at::kDouble : at::kFloat));
-  return {loss, grad_s, per_row.view(lead)};
+  // float64 callers get per-row values as float64 (float32 precision), as divergence_op does.
+  return {loss, grad_s, f64 ? per_row.view(lead).to(at::kDouble) : per_row.view(lead)};
 }
 
 }  // namespace
