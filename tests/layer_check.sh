@@ -4,7 +4,7 @@
 #   0 divergences/   (and version.hpp) the row math: functors and the registry. Includes only divergences/ and version.hpp; never xsimd,
 #                    Eigen or <thread> (it compiles under nvcc).
 #   1 value types    version, status, tensor, options, pg_options, divergence_spec, counter_rng, fused_linear_options,
-#                    communicator (top level).
+#                    communicator, topk_teacher_input (top level).
 #   2 detail/        kernels (SIMD row kernels, reference rows, per-position PG math, validation).
 #   3 backend/       drivers and backends.
 #   4 API            every other top-level header.
@@ -12,7 +12,7 @@
 set -u
 root=$1
 fail=0
-value_types="status.hpp tensor.hpp options.hpp pg_options.hpp divergence_spec.hpp counter_rng.hpp fused_linear_options.hpp communicator.hpp"
+value_types="status.hpp tensor.hpp options.hpp pg_options.hpp divergence_spec.hpp counter_rng.hpp fused_linear_options.hpp communicator.hpp topk_teacher_input.hpp"
 layer_of() {  # path relative to include/kd -> layer number
   case "$1" in
     divergences/*|version.hpp) echo 0 ;;

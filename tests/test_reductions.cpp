@@ -114,3 +114,37 @@ TEST_CASE("gradients in the input dtype (bfloat16 in place)", "[dtypes][inplace]
       CHECK(static_cast<float>(g[i]) == static_cast<float>(kd::from_float<kd::bfloat16>(ref.gs[i])));
   });
 }
+
+TEST_CASE("in-place gradients with a fully masked row under the token mean equal the out-of-place ones",
+          "[reduction][inplace]") {
+  // A fully masked row is found in pass 1 and changes the mean's denominator; the rows are then computed again with the
+  // corrected scale, which must not read a student (or teacher) buffer that pass 1 overwrote with its gradient (it
+  // did: the second pass took gradients for logits, loss 0.127 instead of 0.262 here). In place the written rows are
+  // rescaled instead; f = 3/2 exactly here, so float32 results agree to one rounding of each entry.
+  const std::int64_t rows = 3, cols = 5;
+  const float nf = -std::numeric_limits<float>::infinity();
+  const std::vector<float> zs = {1, 2, 3, 4, 5, nf, nf, nf, nf, nf, 0.5f, 0.1f, 0.2f, 0.3f, 0.9f};
+  const std::vector<float> zt = {2, 1, 0, 1, 2, 1, 1, 1, 1, 1, 0.1f, 0.2f, 0.3f, 0.4f, 0.5f};
+  kd::distill_options o;
+  kdt::for_each_backend([&](const auto& be, const char* name) {
+    for (const auto& d : kdt::kAllDivergences) {
+      INFO(name << " " << kdt::describe(d));
+      const auto ref = kdt::run_call(d, zs, zt, rows, cols, o, be, true);
+      REQUIRE(ref.st.ok());
+      auto s = zs, t = zt;
+      kd::distill_outputs<float> out;
+      out.grad_student = kd::mut_rows<float>(s.data(), rows, cols);
+      out.grad_teacher = kd::mut_rows<float>(t.data(), rows, cols);
+      kd::loss_result r;
+      REQUIRE(kd::divergence_loss(d, kd::student_logits(s.data(), rows, cols), kd::teacher_logits(t.data(), rows, cols),
+                                  o, r, out, be)
+                  .ok());
+      CHECK(r.loss == ref.r.loss);
+      CHECK(r.valid_rows == 2);
+      for (std::size_t j = 0; j < s.size(); ++j) {
+        CHECK(s[j] == Approx(ref.gs[j]).epsilon(1e-6).margin(1e-12));
+        CHECK(t[j] == Approx(ref.gt[j]).epsilon(1e-6).margin(1e-12));
+      }
+    }
+  });
+}

@@ -14,4 +14,5 @@
 #include "softmax.hpp"
 #include "teacher_mixed.hpp"
 #include "topk.hpp"
+#include "topk_teacher.hpp"
 #include "tvd.hpp"

@@ -6,7 +6,8 @@
 
 Every divergence of kd's C++ registry is a function here (kd_torch.divergences() lists them), with nn.Module
 wrappers in kd_torch.nn; kd_torch.trl.generalized_jsd_loss is TRL's loss as a drop-in; kd_torch.liger holds drop-ins
-for Liger-Kernel's JSD / KL / TVD modules; kd_torch.minillm the MiniLLM policy-gradient loss and on-policy helpers.
+for Liger-Kernel's JSD / KL / TVD modules; kd_torch.topk_divergence_loss takes a teacher cached as top-k ids and
+log-probs; kd_torch.minillm the MiniLLM policy-gradient loss and on-policy helpers.
 """
 
 import torch  # noqa: F401  (first: loads the torch libraries _C links against, not a system libtorch)
@@ -14,7 +15,7 @@ import torch  # noqa: F401  (first: loads the torch libraries _C links against, 
 from . import _C  # noqa: E402
 from ._ops import TORCH_VERSION, USES_CUSTOM_OPS
 from .functional import *  # noqa: F401,F403
-from .functional import FUNCTIONS, canonical_divergence, divergence_info, divergence_loss, divergences
+from .functional import FUNCTIONS, canonical_divergence, divergence_info, divergence_loss, divergences, topk_divergence_loss
 
 __version__ = _C.version
 

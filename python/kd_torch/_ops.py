@@ -98,18 +98,25 @@ def _div_backward(ctx, g_loss, _g_gs, _g_gt, g_per_row, _g_valid):
     return (ds, dt) + (None,) * 15
 
 
-class _DivergenceFunction(torch.autograd.Function):
-    """The operator as a plain autograd.Function (torch < 2.4, or KD_TORCH_NO_CUSTOM_OP=1)."""
+def _autograd_function(op, setup_context, backward):
+    """An operator as a plain autograd.Function (torch < 2.4, or KD_TORCH_NO_CUSTOM_OP=1), with the custom-op path's
+    setup_context and backward."""
 
-    @staticmethod
-    def forward(ctx, student, teacher, *args):
-        out = _ops.divergence(student, teacher, *args)
-        _div_setup_context(ctx, (student, teacher) + args, out)
-        return out
+    class _Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
+            out = op(*args)
+            setup_context(ctx, args, out)
+            return out
 
-    @staticmethod
-    def backward(ctx, *grads):
-        return _div_backward(ctx, *grads)
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    return _Function
+
+
+_DivergenceFunction = _autograd_function(_ops.divergence, _div_setup_context, _div_backward)
 
 
 def divergence(student, teacher, labels, row_weights, kind, param0, param1, temperature, t2_scale, reduction,
@@ -126,6 +133,54 @@ def divergence(student, teacher, labels, row_weights, kind, param0, param1, temp
     else:
         out = _DivergenceFunction.apply(*args)
     loss, _, _, per_row, valid = out
+    return loss, per_row, valid
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# topk_divergence (a teacher given as its top-k ids and log-probs)
+
+
+def _topk_fake(student, teacher_ids, teacher_log_probs, labels, row_weights, kind, param0, param1, mode, temperature,
+               t2_scale, reduction, normalizer, ignore_index, student_log_probs, grad):
+    f = torch.float64 if student.dtype == torch.float64 else torch.float32
+    loss = student.new_empty((), dtype=f)
+    gs = torch.empty_like(student, memory_format=torch.contiguous_format) if grad else student.new_empty((0,))
+    pr = student.new_empty(student.shape[:-1], dtype=f)
+    valid = student.new_empty((), dtype=torch.int64)
+    return loss, gs, pr, valid
+
+
+def _topk_setup_context(ctx, inputs, output):
+    reduction, want = inputs[11], inputs[15]
+    ctx.per_row = reduction == _REDUCTION_NONE
+    ctx.want = want
+    ctx.save_for_backward(output[1] if want else None)
+    ctx.mark_non_differentiable(output[1], output[3])
+    ctx.set_materialize_grads(False)
+
+
+def _topk_backward(ctx, g_loss, _g_gs, g_per_row, _g_valid):
+    (gs,) = ctx.saved_tensors
+    scale = g_per_row if ctx.per_row else g_loss
+    ds = _scale_grad(gs, scale, ctx.per_row) if ctx.want else None
+    return (ds,) + (None,) * 15
+
+
+_TopkDivergenceFunction = _autograd_function(_ops.topk_divergence, _topk_setup_context, _topk_backward)
+
+
+def topk_divergence(student, teacher_ids, teacher_log_probs, labels, row_weights, kind, param0, param1, mode,
+                    temperature, t2_scale, reduction, normalizer, ignore_index, student_log_probs):
+    """Runs kd::topk_divergence_loss; returns (loss, per_row, valid_rows) with autograd to the student."""
+    want = bool(torch.is_grad_enabled() and student.requires_grad)
+    args = (student, teacher_ids, teacher_log_probs, labels, row_weights, int(kind), float(param0), float(param1),
+            int(mode), float(temperature), bool(t2_scale), int(reduction), float(normalizer), int(ignore_index),
+            bool(student_log_probs), want)
+    if USES_CUSTOM_OPS or not want:
+        out = _ops.topk_divergence(*args)
+    else:
+        out = _TopkDivergenceFunction.apply(*args)
+    loss, _, per_row, valid = out
     return loss, per_row, valid
 
 
@@ -159,16 +214,7 @@ def _pg_backward(ctx, g_loss, *_):
     return (d,) + (None,) * 22
 
 
-class _PolicyGradientFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, student, *args):
-        out = _ops.policy_gradient(student, *args)
-        _pg_setup_context(ctx, (student,) + args, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return _pg_backward(ctx, *grads)
+_PolicyGradientFunction = _autograd_function(_ops.policy_gradient, _pg_setup_context, _pg_backward)
 
 
 PG_DIAGNOSTICS = tuple(_C.pg_diagnostic_names())
@@ -201,9 +247,11 @@ if _register_fake is not None:
         _register_fake("kd_torch::divergence")(_div_fake)
         _register_fake("kd_torch::policy_gradient")(_pg_fake)
         _register_fake("kd_torch::pg_advantages")(_pga_fake)
+        _register_fake("kd_torch::topk_divergence")(_topk_fake)
     except Exception:  # pragma: no cover - best effort on old versions (then only eager mode is supported)
         if USES_CUSTOM_OPS:
             raise
 if USES_CUSTOM_OPS:
     torch.library.register_autograd("kd_torch::divergence", _div_backward, setup_context=_div_setup_context)
     torch.library.register_autograd("kd_torch::policy_gradient", _pg_backward, setup_context=_pg_setup_context)
+    torch.library.register_autograd("kd_torch::topk_divergence", _topk_backward, setup_context=_topk_setup_context)

@@ -94,6 +94,17 @@ def _reduction(reduction, num_items_in_batch, batch_size):
     return reduction, 0.0
 
 
+def _row_args(labels, row_weights, ignore_index, reduction, num_items_in_batch, student_logits):
+    """Checks the per-row arguments; returns (kd's reduction name, normalizer)."""
+    if labels is not None:
+        _check_tensor(labels, "labels")
+    if row_weights is not None:
+        _check_tensor(row_weights, "row_weights")
+    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+    return _reduction(reduction, num_items_in_batch, student_logits.shape[0] if student_logits.dim() >= 1 else 1)
+
+
 def _rows(x):
     return x.numel() // x.shape[-1] if x.dim() >= 1 and x.shape[-1] > 0 else 0
 
@@ -127,18 +138,52 @@ def divergence_loss(divergence, student_logits, teacher_logits, *params, tempera
     _check_choice(input_kind, "input_kind", INPUT_KINDS)
     t_kind = input_kind if teacher_input_kind is None else _check_choice(teacher_input_kind, "teacher_input_kind",
                                                                           INPUT_KINDS)
-    if labels is not None:
-        _check_tensor(labels, "labels")
-    if row_weights is not None:
-        _check_tensor(row_weights, "row_weights")
-    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
-        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
-    red, normalizer = _reduction(reduction, num_items_in_batch, student_logits.shape[0] if student_logits.dim() >= 1
-                                 else 1)
+    red, normalizer = _row_args(labels, row_weights, ignore_index, reduction, num_items_in_batch, student_logits)
     loss, per_row, _ = _ops.divergence(
         student_logits, teacher_logits, labels, row_weights, info.kind, values[0], values[1], temperature,
         bool(t2_scale), _RED_CODE[red], normalizer, int(ignore_index), input_kind == "log_probs",
         t_kind == "log_probs")
+    if reduction == "none":
+        return (per_row, per_row.detach()) if return_per_token else per_row
+    return (loss, per_row.detach()) if return_per_token else loss
+
+
+TOPK_MODES = ("tail_bucket", "renormalize", "unnormalized_forward_kl")
+
+
+def topk_divergence_loss(divergence, student_logits, teacher_topk_ids, teacher_topk_log_probs, *params,
+                         mode="tail_bucket", temperature=1.0, t2_scale=False, labels=None, ignore_index=-100,
+                         row_weights=None, reduction="mean", num_items_in_batch=None, input_kind="logits",
+                         return_per_token=False, **named_params):
+    """kd's fused divergence against a sparse teacher given as its top-k: token ids and log-probs per position.
+
+    student_logits          [..., V] float32 / bfloat16 / float16 / float64
+    teacher_topk_ids        [..., k] int64 / int32, distinct within a row, each in [0, V) (rows that do not count:
+                            ignored labels or weight 0, may hold padding)
+    teacher_topk_log_probs  [..., k] the teacher's log-probabilities of those tokens, normalized over the full
+                            vocabulary at the distillation temperature (used as given: `temperature` applies to the
+                            student only); computed in float32 (float64 with a float64 student)
+    mode                    "tail_bucket": both sides as k + 1 entries, the support plus one bucket with the rest of
+                            the mass (q's from a log-sum-exp over the rest, p's as log(1 - sum p)); "renormalize": both
+                            sides renormalized over the support (the teacher's values may be any scores);
+                            "unnormalized_forward_kl": sum over the support of p (log p - log q), q over the full
+                            vocabulary (forward_kl only; it can be negative)
+    Other arguments as kd_torch.divergence_loss. Gradients flow to the student only (kd/topk_teacher.hpp).
+    """
+    _check_tensor(teacher_topk_ids, "teacher_topk_ids")
+    _check_tensor(teacher_topk_log_probs, "teacher_topk_log_probs")
+    info, values, temperature = _common_args(divergence, student_logits, teacher_topk_log_probs, params, named_params,
+                                             temperature, reduction)
+    _check_choice(mode, "mode", TOPK_MODES)
+    _check_choice(input_kind, "input_kind", INPUT_KINDS)
+    if mode == "unnormalized_forward_kl" and _C.canonical_name(info.kind, values[0], values[1]) != "forward_kl":
+        raise ValueError(f"mode: 'unnormalized_forward_kl' is defined for forward_kl only, got {info.name!r} "
+                         f"(use 'tail_bucket' or 'renormalize')")
+    red, normalizer = _row_args(labels, row_weights, ignore_index, reduction, num_items_in_batch, student_logits)
+    loss, per_row, _ = _ops.topk_divergence(
+        student_logits, teacher_topk_ids, teacher_topk_log_probs, labels, row_weights, info.kind, values[0],
+        values[1], TOPK_MODES.index(mode), temperature, bool(t2_scale), _RED_CODE[red], normalizer,
+        int(ignore_index), input_kind == "log_probs")
     if reduction == "none":
         return (per_row, per_row.detach()) if return_per_token else per_row
     return (loss, per_row.detach()) if return_per_token else loss
@@ -198,4 +243,4 @@ def _make_function(info):
 
 FUNCTIONS = {d.name: _make_function(d) for d in _REGISTRY}
 globals().update(FUNCTIONS)
-__all__ = ["divergence_loss", "divergences", "divergence_info", "canonical_divergence"] + list(FUNCTIONS)
+__all__ = ["divergence_loss", "topk_divergence_loss", "divergences", "divergence_info", "canonical_divergence"] + list(FUNCTIONS)

@@ -112,6 +112,15 @@ status dispatch_vocab_parallel(simd_isa isa, int threads, const divergence& d, c
   return pick<S, G>(*t).vocab_parallel(threads, d, student, teacher, opt, result, out, comm);
 }
 
+template <class S, class G>
+status dispatch_topk_divergence(simd_isa isa, int threads, const divergence& d, const student_input<S>& student,
+                                const topk_teacher_input<float>& teacher, const distill_options& opt,
+                                loss_result& result, const distill_outputs<G>& out) {
+  const table* t = table_for(isa);
+  if (!t) return make_error(errc::unsupported, "backend", "instruction set not supported by this CPU");
+  return pick<S, G>(*t).topk(threads, d, student, teacher, opt, result, out);
+}
+
 template <class S, class P, class G>
 status dispatch_policy_gradient(simd_isa isa, int threads, const student_input<S>& student,
                                 const teacher_input<P>& teacher, const pg_sequences& seq, const pg_options& opt,
@@ -136,6 +145,9 @@ status dispatch_lm_loss(simd_isa isa, int threads, const student_input<S>& stude
   template status dispatch_vocab_parallel<S, S, G>(simd_isa, int, const divergence&, const student_input<S>&,          \
                                                    const teacher_input<S>&, const distill_options&, loss_result&,      \
                                                    const distill_outputs<G>&, const communicator_ref&);                \
+  template status dispatch_topk_divergence<S, G>(simd_isa, int, const divergence&, const student_input<S>&,            \
+                                                 const topk_teacher_input<float>&, const distill_options&,             \
+                                                 loss_result&, const distill_outputs<G>&);                             \
   template status dispatch_policy_gradient<S, S, G>(simd_isa, int, const student_input<S>&, const teacher_input<S>&,   \
                                                     const pg_sequences&, const pg_options&, const pg_outputs<G>&,      \
                                                     pg_diagnostics&);                                                  \

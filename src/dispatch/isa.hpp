@@ -8,12 +8,14 @@
 #include <kd/backend/dispatch.hpp>
 #include <kd/backend/simd.hpp>
 #include <kd/pg_options.hpp>
+#include <kd/topk_teacher_input.hpp>
 
 KD_BEGIN_ISA_FREE_NAMESPACE
 namespace dispatch_abi {
 
 // Validated arguments in, status out: the whole of simd_backend<Arch, thread_executor>'s run_divergence,
-// run_policy_gradient and run_lm_loss for one element-type combination.
+// run_policy_gradient, run_lm_loss, run_vocab_parallel and run_topk_divergence for one element-type combination (a
+// top-k teacher's log-probs are float32).
 template <class S, class G>
 struct kernels {
   status (*divergence)(int threads, const kd::divergence& d, const student_input<S>& student,
@@ -27,6 +29,9 @@ struct kernels {
   status (*vocab_parallel)(int threads, const kd::divergence& d, const student_input<S>& student,
                            const teacher_input<S>& teacher, const distill_options& opt, loss_result& result,
                            const distill_outputs<G>& out, const communicator_ref& comm);
+  status (*topk)(int threads, const kd::divergence& d, const student_input<S>& student,
+                 const topk_teacher_input<float>& teacher, const distill_options& opt, loss_result& result,
+                 const distill_outputs<G>& out);
 };
 
 struct table {
@@ -78,8 +83,16 @@ status drive_vp(int threads, const divergence& d, const student_input<S>& studen
 }
 
 template <class A, class S, class G>
+status drive_topk(int threads, const divergence& d, const student_input<S>& student,
+                  const topk_teacher_input<float>& teacher, const distill_options& opt, loss_result& result,
+                  const distill_outputs<G>& out) {
+  return simd_backend<A, thread_executor>{thread_executor{threads}}.run_topk_divergence(d, student, teacher, opt,
+                                                                                       result, out);
+}
+
+template <class A, class S, class G>
 constexpr dispatch_abi::kernels<S, G> kernels_of() noexcept {
-  return {&drive_rows<A, S, G>, &drive_pg<A, S, G>, &drive_lm<A, S, G>, &drive_vp<A, S, G>};
+  return {&drive_rows<A, S, G>, &drive_pg<A, S, G>, &drive_lm<A, S, G>, &drive_vp<A, S, G>, &drive_topk<A, S, G>};
 }
 
 template <class A>

@@ -10,7 +10,8 @@
 // with its argument name and message (row_error_status: the one place these strings live).
 // Fully masked rows (a side whose entries are all -inf) are found by the row kernels in pass 1, not by a pre-scan: when
 // they change the denominator (reduction::mean) and gradients are wanted, the rows are computed a second time with the
-// corrected scale. Mark such rows with ignore_index (or weight 0) to avoid that second pass.
+// corrected scale (or, for gradients written in place over their input, the written rows are rescaled). Mark such rows
+// with ignore_index (or weight 0) to avoid that second pass.
 // Per-row values of valid rows are clamped at 0 (every registered divergence is >= 0; docs/numerics.md).
 // Precondition: arguments validated (kd::divergence_loss does it).
 #pragma once
@@ -198,6 +199,43 @@ status reduce_rows(const double* loss, std::int64_t n, ErrorOf error_of, const r
   return first;
 }
 
+// Gradient rows of rows that count (weight > 0) times f, rounded once to G (rows that do not count hold zeros).
+template <class G>
+void scale_rows(const mut_rows<G>& g, const double* weights, double f) noexcept {
+  if (!g.data) return;
+  for (std::int64_t r = 0; r < g.rows; ++r)
+    if (weights[r] > 0.0)
+      for (std::int64_t j = 0; j < g.cols; ++j) g.row(r)[j] = from_double<G>(to_double(g.row(r)[j]) * f);
+}
+
+// Plans the rows from the options' weights, runs `pass(plan)` over all rows (it fills err[r]) and, when pass 1 found
+// fully masked rows, plans again without them (weights[r] = 0). Where that changed the gradients' scale
+// (reduction::mean) and gradients are wanted, the rows run again with the new plan, or, when a gradient was written
+// over its input (in place: the input is gone), `rescale(f)` multiplies the written gradient rows by the ratio f of
+// the scales (one more rounding of each entry). Returns the final plan. Shared by the drivers whose rows are planned
+// like kd::divergence_loss's (this one, backend/topk_driver.hpp).
+template <class Pass, class Rescale>
+row_plan plan_and_run(const distill_options& opt, std::vector<double>& weights, const std::vector<row_error>& err,
+                      bool wants_grad, bool in_place, Pass&& pass, Rescale&& rescale) {
+  const std::int64_t nrows = static_cast<std::int64_t>(weights.size());
+  row_plan plan = make_row_plan(opt, weights.data(), nrows);
+  pass(plan);
+  bool any_masked = false;
+  for (std::int64_t r = 0; r < nrows; ++r)
+    if (err[r] == row_error::masked) weights[r] = 0.0, any_masked = true;
+  if (any_masked) {
+    const row_plan p2 = make_row_plan(opt, weights.data(), nrows);
+    const bool rescaled = p2.scale != plan.scale || p2.empty_mean != plan.empty_mean;
+    const double f = plan.scale != 0.0 ? p2.scale / plan.scale : 0.0;
+    plan = p2;
+    if (rescaled && wants_grad) {
+      if (in_place) rescale(f);
+      else pass(plan);
+    }
+  }
+  return plan;
+}
+
 template <class Executor, class S, class P, class G>
 status drive(rows_fn<S, P, G> rows, const Executor& exec, const divergence& d, const student_input<S>& student,
              const teacher_input<P>& teacher, const distill_options& opt, loss_result& result,
@@ -209,7 +247,6 @@ status drive(rows_fn<S, P, G> rows, const Executor& exec, const divergence& d, c
       value(static_cast<std::size_t>(nrows));
   std::vector<row_error> err(static_cast<std::size_t>(nrows));
   for (std::int64_t r = 0; r < nrows; ++r) weights[r] = row_weight(opt, r);
-  row_plan plan = make_row_plan(opt, weights.data(), nrows);
 
   call<S, P, G> c{canonical_divergence(d),
                   s,
@@ -217,33 +254,29 @@ status drive(rows_fn<S, P, G> rows, const Executor& exec, const divergence& d, c
                   out.grad_student,
                   out.grad_teacher,
                   weights.data(),
-                  plan.scale,
-                  plan.loss_scale,
-                  plan.empty_mean,
+                  1.0,
+                  1.0,
+                  false,
                   1.0 / opt.temperature,
                   student.kind == input_kind::log_probs && opt.temperature == 1.0,
                   teacher.kind == input_kind::log_probs && opt.temperature == 1.0,
                   loss.data(),
                   err.data(),
                   value.data()};
-  auto run = [&] { run_rows(exec, nrows, s.cols, [&c, rows](std::int64_t b, std::int64_t e) { rows(c, b, e); }); };
-  run();
-
-  // Fully masked rows found in pass 1 do not count: plan again; recompute the gradients if their scale changed.
-  bool any_masked = false;
-  for (std::int64_t r = 0; r < nrows; ++r)
-    if (err[r] == row_error::masked) weights[r] = 0.0, any_masked = true;
-  if (any_masked) {
-    const row_plan p2 = make_row_plan(opt, weights.data(), nrows);
-    const bool rescaled = p2.scale != plan.scale || p2.empty_mean != plan.empty_mean;
-    plan = p2;
-    if (rescaled && (out.grad_student.data || out.grad_teacher.data)) {
-      c.scale = plan.scale;
-      c.empty_mean = plan.empty_mean;
-      run();
-    }
-  }
-
+  const bool in_place = (out.grad_student.data && static_cast<const void*>(out.grad_student.data) == s.data) ||
+                        (out.grad_teacher.data && static_cast<const void*>(out.grad_teacher.data) == t.data);
+  const row_plan plan = plan_and_run(
+      opt, weights, err, out.grad_student.data || out.grad_teacher.data, in_place,
+      [&](const row_plan& p) {
+        c.scale = p.scale;
+        c.loss_scale = p.loss_scale;
+        c.empty_mean = p.empty_mean;
+        run_rows(exec, nrows, s.cols, [&c, rows](std::int64_t b, std::int64_t e) { rows(c, b, e); });
+      },
+      [&](double f) {
+        scale_rows(out.grad_student, weights.data(), f);
+        scale_rows(out.grad_teacher, weights.data(), f);
+      });
   return reduce_rows(
       loss.data(), nrows, [&](std::int64_t r) { return std::make_pair(err[r], value[r]); }, plan, out.per_row, result);
 }

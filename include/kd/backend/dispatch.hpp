@@ -8,6 +8,7 @@
 //   kd::divergence_loss(d, student, teacher, options, result, outputs, kd::dispatch_backend{});            // best ISA
 //   kd::policy_gradient(student, teacher, seq, options, outputs, diag, kd::dispatch_backend{});            // also
 //   kd::lm_loss(student, labels, options, result, grad, kd::dispatch_backend{});                           // also
+//   kd::topk_divergence_loss(d, student, teacher_topk, options, result, outputs, kd::dispatch_backend{}); // also
 //   kd::divergence_loss(..., kd::dispatch_backend{kd::simd_isa::avx2, 2});                                 // forced, 2
 //   threads
 //
@@ -25,6 +26,7 @@
 #include "../options.hpp"
 #include "../pg_options.hpp"
 #include "../status.hpp"
+#include "../topk_teacher_input.hpp"
 #include "reference.hpp"
 
 // The library's entry points are in the ISA-free namespace kd::v0 (kd/version.hpp), so a translation unit compiled with
@@ -53,6 +55,11 @@ status dispatch_vocab_parallel(simd_isa isa, int threads, const divergence& d, c
                                const teacher_input<P>& teacher, const distill_options& opt, loss_result& result,
                                const distill_outputs<G>& out, const communicator_ref& comm);
 
+template <class S, class G>
+status dispatch_topk_divergence(simd_isa isa, int threads, const divergence& d, const student_input<S>& student,
+                                const topk_teacher_input<float>& teacher, const distill_options& opt,
+                                loss_result& result, const distill_outputs<G>& out);
+
 template <class S, class P, class G>
 status dispatch_policy_gradient(simd_isa isa, int threads, const student_input<S>& student,
                                 const teacher_input<P>& teacher, const pg_sequences& seq, const pg_options& opt,
@@ -75,6 +82,7 @@ namespace detail {
 
 using dispatch_abi::dispatch_divergence;
 using dispatch_abi::dispatch_vocab_parallel;
+using dispatch_abi::dispatch_topk_divergence;
 using dispatch_abi::dispatch_lm_loss;
 using dispatch_abi::dispatch_policy_gradient;
 using dispatch_abi::dispatch_exp;
@@ -113,6 +121,17 @@ struct dispatch_backend {
                   "kd::half) and the gradient must be float or that type; use kd::simd_backend<> otherwise");
     return detail::dispatch_vocab_parallel(isa, threads, d, student, teacher, opt, result, out,
                                            communicator_ref::of(comm));
+  }
+
+  // kd::topk_divergence_loss: the teacher's top-k log-probs in float32.
+  template <class S, class P, class G>
+  status run_topk_divergence(const divergence& d, const student_input<S>& student,
+                             const topk_teacher_input<P>& teacher, const distill_options& opt, loss_result& result,
+                             const distill_outputs<G>& out) const {
+    static_assert(detail::dispatch_types_supported<S, S, G> && std::is_same_v<P, float>,
+                  "kd::dispatch_backend: the student must be float, kd::bfloat16 or kd::half, the gradient float or "
+                  "that type, and the teacher's top-k log-probs float; use kd::simd_backend<> otherwise");
+    return detail::dispatch_topk_divergence(isa, threads, d, student, teacher, opt, result, out);
   }
 
   template <class S, class P, class G>

@@ -10,6 +10,8 @@
 //   fused_linear_divergence (kd/fused_linear.hpp)
 //                                      status run_fused_linear(d, student_head, teacher_head, teacher_logits, options,
 //                                                              fused_options, result, outputs)
+//   topk_divergence_loss (kd/topk_teacher.hpp)
+//                                      status run_topk_divergence(d, student, teacher_topk, options, result, outputs)
 //   policy_gradient (kd/policy_gradient.hpp)
 //                                      status run_policy_gradient(student, teacher, seq, options, outputs, diag)
 //   lm_loss (kd/lm_loss.hpp)           status run_lm_loss(student, labels, options, result, grad)
@@ -27,8 +29,8 @@
 // time with one message naming the operation (KD_REQUIRE_BACKEND_OPERATION below), never with a template backtrace.
 //
 // kd's backends (kd/backend.hpp): reference_backend implements every operation (double precision, the oracle);
-// simd_backend<Arch, Executor> and dispatch_backend run the divergences, the policy gradient and the LM loss in their
-// SIMD kernels, and the softmax family and top-k in the reference kernels (double, calling thread).
+// simd_backend<Arch, Executor> and dispatch_backend run the divergences (dense, vocabulary-parallel, top-k teachers),
+// the policy gradient and the LM loss in their SIMD kernels, and the softmax family and top-k in the reference kernels (double, calling thread).
 #pragma once
 
 #include <type_traits>
@@ -55,6 +57,7 @@ inline constexpr bool dependent_false = false;
 KD_BACKEND_OPERATION_(divergence)
 KD_BACKEND_OPERATION_(vocab_parallel)
 KD_BACKEND_OPERATION_(fused_linear)
+KD_BACKEND_OPERATION_(topk_divergence)
 KD_BACKEND_OPERATION_(policy_gradient)
 KD_BACKEND_OPERATION_(lm_loss)
 KD_BACKEND_OPERATION_(log_sum_exp)

@@ -14,12 +14,14 @@
 #include "../options.hpp"
 #include "../pg_options.hpp"
 #include "../status.hpp"
+#include "../topk_teacher_input.hpp"
 #include "backend_traits.hpp"
 #include "cpu_driver.hpp"
 #include "lm_driver.hpp"
 #include "pg_driver.hpp"
 #include "serial_executor.hpp"
 #include "shard_driver.hpp"
+#include "topk_driver.hpp"
 #if !defined(__CUDACC__)  // Eigen matrix products: host code only (CUDA translation units get no Eigen)
 #include "fused_linear_driver.hpp"
 #endif
@@ -55,6 +57,14 @@ struct reference_backend {
                             const distill_options& opt, loss_result& result, const distill_outputs<G>& out,
                             const Comm& comm) const {
     return detail::shard::run<detail::ref::row_kernels>(serial_executor{}, comm, d, student, teacher, opt, result, out);
+  }
+
+  // A teacher given as its top-k (kd/topk_teacher.hpp, backend/topk_driver.hpp).
+  template <class S, class P, class G>
+  status run_topk_divergence(const divergence& d, const student_input<S>& student,
+                             const topk_teacher_input<P>& teacher, const distill_options& opt, loss_result& result,
+                             const distill_outputs<G>& out) const {
+    return detail::topk::run<detail::ref::row_kernels>(serial_executor{}, d, student, teacher, opt, result, out);
   }
 
   template <class S, class P, class G>

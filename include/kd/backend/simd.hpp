@@ -81,6 +81,20 @@ struct simd_backend {
                                                                  out);
   }
 
+  // A teacher given as its top-k (kd/topk_teacher.hpp, backend/topk_driver.hpp): the student passes in this backend's
+  // kernels. float64 students, and temperatures whose 1 / T overflows float32, run on the reference kernels.
+  template <class S, class P, class G>
+  status run_topk_divergence(const divergence& d, const student_input<S>& student,
+                             const topk_teacher_input<P>& teacher, const distill_options& opt, loss_result& result,
+                             const distill_outputs<G>& out) const {
+    if constexpr (std::is_same_v<S, double>)
+      return reference_backend{}.run_topk_divergence(d, student, teacher, opt, result, out);
+    else if (!detail::simd::row_kernels<Arch>::float_inv_t(1.0 / opt.temperature))
+      return reference_backend{}.run_topk_divergence(d, student, teacher, opt, result, out);
+    else
+      return detail::topk::run<detail::simd::row_kernels<Arch>>(executor, d, student, teacher, opt, result, out);
+  }
+
   // The MiniLLM policy gradient (backend/pg_driver.hpp) on this backend's row kernels.
   template <class S, class P, class G>
   status run_policy_gradient(const student_input<S>& student, const teacher_input<P>& teacher, const pg_sequences& seq,

@@ -21,6 +21,7 @@
 #include <kd/backend/dispatch.hpp>
 #include <kd/divergence.hpp>
 #include <kd/policy_gradient.hpp>
+#include <kd/topk_teacher.hpp>
 #include <kd/vocab_parallel.hpp>
 
 #include <sys/mman.h>
@@ -113,6 +114,9 @@ struct arg_names {
   const char* normalizer = "num_items_in_batch";
   const char* labels = "labels";
   const char* row_weights = "row_weights";
+  const char* teacher_indices = "teacher_topk_ids";  // kd::topk_divergence_loss's teacher.indices / .log_probs / .mode
+  const char* teacher_log_probs = "teacher_topk_log_probs";
+  const char* teacher_mode = "mode";
 };
 
 std::string python_arg(const kd::status& st, const arg_names& n) {
@@ -122,6 +126,9 @@ std::string python_arg(const kd::status& st, const arg_names& n) {
   if (!std::strcmp(a, "normalizer")) return n.normalizer;
   if (!std::strcmp(a, "labels")) return n.labels;
   if (!std::strcmp(a, "row_weights")) return n.row_weights;
+  if (!std::strcmp(a, "teacher.indices")) return n.teacher_indices;
+  if (!std::strcmp(a, "teacher.log_probs")) return n.teacher_log_probs;
+  if (!std::strcmp(a, "teacher.mode")) return n.teacher_mode;
   if (!std::strcmp(a, "grad_student") || !std::strcmp(a, "grad_teacher") || !std::strcmp(a, "grad")) return "gradient";
   return a;
 }
@@ -281,6 +288,16 @@ kd::distill_options make_options(double temperature, bool t2_scale, int64_t redu
   return opt;
 }
 
+// Points opt at rows [r0, r0 + rows) of the per-row labels (int64 / int32) and weights, where given.
+void set_per_row_options(kd::distill_options& opt, const Tensor& labels, const Tensor& weights, std::int64_t r0,
+                         std::int64_t rows) {
+  if (labels.defined()) {
+    if (labels.scalar_type() == at::kLong) opt.labels = kd::label_view(labels.const_data_ptr<int64_t>() + r0, rows);
+    else opt.labels = kd::label_view(labels.const_data_ptr<int32_t>() + r0, rows);
+  }
+  if (weights.defined()) opt.row_weights = weights.const_data_ptr<float>() + r0;
+}
+
 template <class F>
 void dispatch_dtype(at::ScalarType t, F&& f) {
   switch (t) {
@@ -361,11 +378,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> divergence_op(
     for (std::size_t g = 0; g < groups; ++g) {
       const std::int64_t r0 = static_cast<std::int64_t>(g) * R;
       kd::distill_options o = opt;
-      if (labels.defined()) {
-        if (labels.scalar_type() == at::kLong) o.labels = kd::label_view(labels.const_data_ptr<int64_t>() + r0, R);
-        else o.labels = kd::label_view(labels.const_data_ptr<int32_t>() + r0, R);
-      }
-      if (weights.defined()) o.row_weights = weights.const_data_ptr<float>() + r0;
+      set_per_row_options(o, labels, weights, r0, R);
       const S* sp = cptr<S>(student) + ls.offsets[g];
       const S* tp = cptr<S>(teacher) + lt.offsets[g];
       kd::student_input<S> si{kd::const_rows<S>(sp, R, V, ls.stride),
@@ -410,6 +423,74 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> divergence_op(
   // flowing back through them are not rounded to float32.
   if (f64) per_row = per_row.to(at::kDouble);
   return {loss, grad_s, grad_t, per_row, at::scalar_tensor(valid_total, student.options().dtype(at::kLong))};
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Top-k teacher (kd/topk_teacher.hpp): student [..., V] logits; the teacher's top-k token ids [..., k] (int64) and
+// log-probs [..., k] (float32; float64 with a float64 student). mode: 0 tail_bucket, 1 renormalize,
+// 2 unnormalized_forward_kl. Returns (loss, grad_student (the student's shape and dtype) or [0], per_row, valid_rows).
+std::tuple<Tensor, Tensor, Tensor, Tensor> topk_divergence_op(
+    const Tensor& student_in, const Tensor& ids_in, const Tensor& lp_in, const c10::optional<Tensor>& labels_in,
+    const c10::optional<Tensor>& weights_in, int64_t kind, double param0, double param1, int64_t mode,
+    double temperature, bool t2_scale, int64_t reduction, double normalizer, int64_t ignore_index,
+    bool student_log_probs, bool want_grad) {
+  arg_names names;
+  names.student = student_log_probs ? "student_log_probs" : "student_logits";
+  names.teacher = "teacher_topk_log_probs";
+  check_logits(student_in, names.student);
+  check_device(ids_in, "teacher_topk_ids");
+  check_device(lp_in, "teacher_topk_log_probs");
+  TORCH_CHECK_TYPE(ids_in.scalar_type() == at::kLong || ids_in.scalar_type() == at::kInt,
+                   "teacher_topk_ids: dtype must be int64 or int32, got ", ids_in.scalar_type());
+  TORCH_CHECK_TYPE(is_float_dtype(lp_in.scalar_type()), "teacher_topk_log_probs: dtype must be a floating type, got ",
+                   lp_in.scalar_type());
+  TORCH_CHECK_VALUE(ids_in.sizes() == lp_in.sizes(), "teacher_topk_log_probs: shape ", lp_in.sizes(),
+                    " differs from teacher_topk_ids' ", ids_in.sizes());
+  TORCH_CHECK_VALUE(ids_in.dim() == student_in.dim() && ids_in.dim() >= 1 &&
+                        ids_in.sizes().slice(0, ids_in.dim() - 1) == student_in.sizes().slice(0, student_in.dim() - 1),
+                    "teacher_topk_ids: shape ", ids_in.sizes(), " must be the student's leading shape plus k (student ",
+                    student_in.sizes(), ")");
+  TORCH_CHECK_VALUE(ids_in.size(-1) >= 1, "teacher_topk_ids: k (the last dimension) must be >= 1");
+  TORCH_CHECK_VALUE(reduction >= red_none && reduction <= red_normalizer, "reduction: unknown code ", reduction);
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "mode: unknown code ", mode);
+  if (!kd::is_registered(static_cast<kd::divergence_kind>(kind)))
+    TORCH_CHECK_VALUE(false, "divergence: unknown kind ", kind, " (not in kd's registry)");
+  const std::int64_t V = student_in.size(-1), k = ids_in.size(-1);
+  const Tensor student = student_in.reshape({-1, V}).contiguous();
+  const std::int64_t rows = student.size(0);
+  const bool f64 = student.scalar_type() == at::kDouble;
+  const Tensor ids = ids_in.reshape({-1, k}).to(at::kLong).contiguous();
+  const Tensor lp = lp_in.reshape({-1, k}).to(f64 ? at::kDouble : at::kFloat).contiguous();
+  const auto lead = leading_shape(student_in);
+  Tensor labels, weights;
+  per_row_inputs(labels_in, weights_in, rows, lead, labels, weights);
+  kd::distill_options opt = make_options(temperature, t2_scale, reduction, normalizer, ignore_index);
+  set_per_row_options(opt, labels, weights, 0, rows);
+  const kd::divergence d = kd::divergence::of(static_cast<kd::divergence_kind>(kind), param0, param1);
+  Tensor grad_s = want_grad ? at::empty_like(student) : at::empty({0}, student.options());
+  Tensor per_row = at::empty({rows}, student.options().dtype(at::kFloat));
+  kd::loss_result res;
+  dispatch_dtype(student.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    kd::distill_outputs<S> out;
+    if (want_grad) out.grad_student = kd::mut_rows<S>(mptr<S>(grad_s), rows, V, V);
+    out.per_row = per_row.mutable_data_ptr<float>();
+    const kd::student_input<S> si{kd::const_rows<S>(cptr<S>(student), rows, V),
+                                  student_log_probs ? kd::input_kind::log_probs : kd::input_kind::logits};
+    const auto m = static_cast<kd::topk_mode>(mode);
+    kd::status st;
+    if constexpr (std::is_same_v<S, double>)
+      st = kd::topk_divergence_loss(d, si, kd::teacher_topk(cptr<std::int64_t>(ids), cptr<double>(lp), rows, k, m),
+                                    opt, res, out, kd::reference_backend{});
+    else
+      st = kd::topk_divergence_loss(d, si, kd::teacher_topk(cptr<std::int64_t>(ids), cptr<float>(lp), rows, k, m),
+                                    opt, res, out, dispatch());
+    raise_if_error(st, names);
+  });
+  if (want_grad) grad_s = grad_s.view(student_in.sizes());
+  Tensor loss = at::scalar_tensor(res.loss, student.options().dtype(f64 ? at::kDouble : at::kFloat));
+  return {loss, grad_s, f64 ? per_row.view(lead).to(at::kDouble) : per_row.view(lead),
+          at::scalar_tensor(res.valid_rows, student.options().dtype(at::kLong))};
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -631,11 +712,7 @@ std::tuple<Tensor, Tensor, Tensor> vocab_parallel_op(const Tensor& student_in, c
   Tensor labels, weights;
   per_row_inputs(labels_in, weights_in, rows, lead, labels, weights);
   kd::distill_options opt = make_options(temperature, t2_scale, reduction, normalizer, ignore_index);
-  if (labels.defined()) {
-    if (labels.scalar_type() == at::kLong) opt.labels = kd::label_view(labels.const_data_ptr<int64_t>(), rows);
-    else opt.labels = kd::label_view(labels.const_data_ptr<int32_t>(), rows);
-  }
-  if (weights.defined()) opt.row_weights = weights.const_data_ptr<float>();
+  set_per_row_options(opt, labels, weights, 0, rows);
   const kd::divergence d = kd::divergence::of(static_cast<kd::divergence_kind>(kind), param0, param1);
   const bool f64 = student.scalar_type() == at::kDouble;
   Tensor grad_s = want_grad ? at::empty_like(student) : at::empty({0}, student.options());
@@ -677,6 +754,11 @@ TORCH_LIBRARY(kd_torch, m) {
       "float lm_weight, int ignore_index, int reduction, float normalizer, bool grad) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
+      "topk_divergence(Tensor student, Tensor teacher_ids, Tensor teacher_log_probs, Tensor? labels, "
+      "Tensor? row_weights, int kind, float param0, float param1, int mode, float temperature, bool t2_scale, "
+      "int reduction, float normalizer, int ignore_index, bool student_log_probs, bool grad) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
+  m.def(
       "pg_advantages(Tensor rewards, Tensor? mask, float gamma, int length_norm, int current_reward, bool whiten) -> "
       "Tensor");
 }
@@ -687,11 +769,13 @@ TORCH_LIBRARY_IMPL(kd_torch, CPU, m) {
   m.impl("divergence", &divergence_op);
   m.impl("policy_gradient", &policy_gradient_op);
   m.impl("pg_advantages", &pg_advantages_op);
+  m.impl("topk_divergence", &topk_divergence_op);
 }
 TORCH_LIBRARY_IMPL(kd_torch, CUDA, m) {
   m.impl("divergence", &divergence_op);
   m.impl("policy_gradient", &policy_gradient_op);
   m.impl("pg_advantages", &pg_advantages_op);
+  m.impl("topk_divergence", &topk_divergence_op);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
