@@ -298,6 +298,18 @@ void set_per_row_options(kd::distill_options& opt, const Tensor& labels, const T
   if (weights.defined()) opt.row_weights = weights.const_data_ptr<float>() + r0;
 }
 
+// The options of a call over `rows` contiguous rows with its per-row labels and weights (kept alive in labels /
+// weights: opt points into them).
+kd::distill_options row_options(const c10::optional<Tensor>& labels_in, const c10::optional<Tensor>& weights_in,
+                                std::int64_t rows, const std::vector<std::int64_t>& lead, double temperature,
+                                bool t2_scale, int64_t reduction, double normalizer, int64_t ignore_index,
+                                Tensor& labels, Tensor& weights) {
+  per_row_inputs(labels_in, weights_in, rows, lead, labels, weights);
+  kd::distill_options opt = make_options(temperature, t2_scale, reduction, normalizer, ignore_index);
+  set_per_row_options(opt, labels, weights, 0, rows);
+  return opt;
+}
+
 template <class F>
 void dispatch_dtype(at::ScalarType t, F&& f) {
   switch (t) {
@@ -463,9 +475,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> topk_divergence_op(
   const Tensor lp = lp_in.reshape({-1, k}).to(f64 ? at::kDouble : at::kFloat).contiguous();
   const auto lead = leading_shape(student_in);
   Tensor labels, weights;
-  per_row_inputs(labels_in, weights_in, rows, lead, labels, weights);
-  kd::distill_options opt = make_options(temperature, t2_scale, reduction, normalizer, ignore_index);
-  set_per_row_options(opt, labels, weights, 0, rows);
+  const kd::distill_options opt = row_options(labels_in, weights_in, rows, lead, temperature, t2_scale, reduction,
+                                              normalizer, ignore_index, labels, weights);
   const kd::divergence d = kd::divergence::of(static_cast<kd::divergence_kind>(kind), param0, param1);
   Tensor grad_s = want_grad ? at::empty_like(student) : at::empty({0}, student.options());
   Tensor per_row = at::empty({rows}, student.options().dtype(at::kFloat));
@@ -710,9 +721,8 @@ std::tuple<Tensor, Tensor, Tensor> vocab_parallel_op(const Tensor& student_in, c
   const std::int64_t rows = student.size(0);
   const auto lead = leading_shape(student_in);
   Tensor labels, weights;
-  per_row_inputs(labels_in, weights_in, rows, lead, labels, weights);
-  kd::distill_options opt = make_options(temperature, t2_scale, reduction, normalizer, ignore_index);
-  set_per_row_options(opt, labels, weights, 0, rows);
+  const kd::distill_options opt = row_options(labels_in, weights_in, rows, lead, temperature, t2_scale, reduction,
+                                              normalizer, ignore_index, labels, weights);
   const kd::divergence d = kd::divergence::of(static_cast<kd::divergence_kind>(kind), param0, param1);
   const bool f64 = student.scalar_type() == at::kDouble;
   Tensor grad_s = want_grad ? at::empty_like(student) : at::empty({0}, student.options());
