@@ -20,8 +20,8 @@
 //       kd::v0::<isa>: the default for all code (kernels, drivers, helpers, anything with a function body).
 //   KD_BEGIN_ISA_FREE_NAMESPACE / KD_END_ISA_FREE_NAMESPACE
 //       kd::v0: only (1) the entry points DEFINED in the compiled library kd::dispatch (simd_isa_name,
-//       simd_isa_available, best_simd_isa, detail::dispatch_divergence, detail::dispatch_exp, the per-ISA tables) so
-//       any user translation unit links with the library whatever its flags, and (2) the plain data types in their
+//       simd_isa_available, best_simd_isa, detail::dispatch_divergence, detail::dispatch_vector_fn, the per-ISA
+//       tables) so any user translation unit links with the library whatever its flags, and (2) the plain data types in their
 //       signatures (status, divergence, the views, distill_options, ...). Such types must not gain inline member
 //       functions that the library emits; the odr_check test fails when a kd symbol is defined both in a user object
 //       and in a kd::dispatch object compiled with other flags.

@@ -160,10 +160,14 @@ KD_DISPATCH_INSTANTIATE(half, float)
 KD_DISPATCH_INSTANTIATE(half, half)
 #undef KD_DISPATCH_INSTANTIATE
 
-status dispatch_exp(simd_isa isa, const float* in, float* out, std::int64_t n) noexcept {
+status dispatch_vector_fn(simd_isa isa, vector_fn f, const float* in, float* out, std::int64_t n) noexcept {
   const table* t = table_for(isa);
   if (!t) return make_error(errc::unsupported, "backend", "instruction set not supported by this CPU");
-  t->exp(in, out, n);
+  if (static_cast<unsigned>(f) > static_cast<unsigned>(vector_fn::log1p))
+    return make_error(errc::invalid_argument, "f", "not a vector_fn value");
+  if (n < 0) return make_error(errc::invalid_argument, "n", "negative length");
+  if (n > 0 && (!in || !out)) return make_error(errc::invalid_argument, !in ? "in" : "out", "null pointer");
+  t->math[static_cast<int>(f)](in, out, n);
   return ok_status();
 }
 

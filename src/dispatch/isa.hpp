@@ -40,7 +40,8 @@ struct table {
   kernels<bfloat16, bfloat16> bf16_bf16;
   kernels<half, float> f16_f32;
   kernels<half, half> f16_f16;
-  void (*exp)(const float* in, float* out, std::int64_t n);
+  // out[i] = f(in[i]) for each vector_fn f (dispatch.hpp), indexed by its value.
+  void (*math[3])(const float* in, float* out, std::int64_t n);
 };
 
 table table_sse2() noexcept;
@@ -95,19 +96,21 @@ constexpr dispatch_abi::kernels<S, G> kernels_of() noexcept {
   return {&drive_rows<A, S, G>, &drive_pg<A, S, G>, &drive_lm<A, S, G>, &drive_vp<A, S, G>, &drive_topk<A, S, G>};
 }
 
-template <class A>
-void exp_array(const float* in, float* out, std::int64_t n) {
+// out[i] = fn(in[i]) over whole batches, the tail padded with 0.
+template <class A, xsimd::batch<float, A> (*Fn)(xsimd::batch<float, A>) noexcept>
+void math_array(const float* in, float* out, std::int64_t n) {
   using b = xsimd::batch<float, A>;
   std::int64_t j = 0;
   for (; j + static_cast<std::int64_t>(b::size) <= n; j += b::size)
-    simd::exp<A>(b::load_unaligned(in + j)).store_unaligned(out + j);
-  if (j < n) simd::store_partial<A>(out, j, n, simd::exp<A>(simd::load_padded<A>(in, j, n, 0.0f)));
+    Fn(b::load_unaligned(in + j)).store_unaligned(out + j);
+  if (j < n) simd::store_partial<A>(out, j, n, Fn(simd::load_padded<A>(in, j, n, 0.0f)));
 }
 
 template <class A>
 dispatch_abi::table make_table() noexcept {
   return {kernels_of<A, float, float>(), kernels_of<A, bfloat16, float>(), kernels_of<A, bfloat16, bfloat16>(),
-          kernels_of<A, half, float>(),  kernels_of<A, half, half>(),      &exp_array<A>};
+          kernels_of<A, half, float>(),  kernels_of<A, half, half>(),
+          {&math_array<A, &simd::exp<A>>, &math_array<A, &simd::expm1<A>>, &math_array<A, &simd::log1p<A>>}};
 }
 
 }  // namespace detail::dispatch_isa

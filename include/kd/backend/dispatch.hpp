@@ -69,8 +69,12 @@ template <class S, class G>
 status dispatch_lm_loss(simd_isa isa, int threads, const student_input<S>& student, const label_view& labels,
                         const distill_options& opt, loss_result& result, const mut_rows<G>& grad);
 
-// out[i] = kd::detail::simd::exp(in[i]) with the kernels of `isa` (testing and benchmarking the vector exp).
-status dispatch_exp(simd_isa isa, const float* in, float* out, std::int64_t n) noexcept;
+// The vector functions of the SIMD kernels: kd::detail::simd::exp (detail/simd_exp.hpp), expm1 and log1p
+// (detail/simd_expm1_log1p.hpp).
+enum class vector_fn : int { exp = 0, expm1 = 1, log1p = 2 };
+
+// out[i] = f(in[i]) with the kernels of `isa` (testing and benchmarking the vector functions).
+status dispatch_vector_fn(simd_isa isa, vector_fn f, const float* in, float* out, std::int64_t n) noexcept;
 
 }  // namespace dispatch_abi
 
@@ -85,7 +89,8 @@ using dispatch_abi::dispatch_vocab_parallel;
 using dispatch_abi::dispatch_topk_divergence;
 using dispatch_abi::dispatch_lm_loss;
 using dispatch_abi::dispatch_policy_gradient;
-using dispatch_abi::dispatch_exp;
+using dispatch_abi::dispatch_vector_fn;
+using dispatch_abi::vector_fn;
 
 template <class S, class P, class G>
 inline constexpr bool dispatch_types_supported = std::is_same_v<S, P> &&

@@ -1,6 +1,6 @@
 // kd::rm::ops for xsimd::batch<float, A>: the row-math vocabulary (kd/divergences/row_math.hpp) on SIMD lanes, so the
-// divergence functors run unchanged in the SIMD driver. exp / exp_nonpos are kd's own (detail/simd_exp.hpp); the rest
-// forwards to xsimd. Arch is in every signature (no symbol shared between instruction sets).
+// divergence functors run unchanged in the SIMD driver. exp / exp_nonpos (detail/simd_exp.hpp) and expm1 / log1p
+// (detail/simd_expm1_log1p.hpp: division-free, at most 2 ulp) are kd's own; the rest forwards to xsimd. Arch is in every signature (no symbol shared between instruction sets).
 #pragma once
 
 #include <limits>
@@ -8,6 +8,7 @@
 
 #include "../divergences/row_math.hpp"
 #include "simd_exp.hpp"
+#include "simd_expm1_log1p.hpp"
 
 KD_BEGIN_NAMESPACE
 namespace rm {
@@ -20,8 +21,8 @@ struct ops<xsimd::batch<float, A>> {
 
   static KD_SIMD_INLINE value exp(const value& x) noexcept { return detail::simd::exp<A>(x); }
   static KD_SIMD_INLINE value exp_nonpos(const value& x) noexcept { return detail::simd::exp_nonpos<A>(x); }
-  static KD_SIMD_INLINE value expm1(const value& x) noexcept { return xsimd::expm1(x); }
-  static KD_SIMD_INLINE value log1p(const value& x) noexcept { return xsimd::log1p(x); }
+  static KD_SIMD_INLINE value expm1(const value& x) noexcept { return detail::simd::expm1<A>(x); }
+  static KD_SIMD_INLINE value log1p(const value& x) noexcept { return detail::simd::log1p<A>(x); }
   static KD_SIMD_INLINE value abs(const value& x) noexcept { return xsimd::abs(x); }
   static KD_SIMD_INLINE value max(const value& a, const value& b) noexcept { return xsimd::max(a, b); }
   static KD_SIMD_INLINE value fma(const value& a, const value& b, const value& c) noexcept { return xsimd::fma(a, b, c); }
