@@ -1,10 +1,11 @@
 // Fused divergence kernels (kd::simd_backend) against the machine's memory bandwidth and against a composed baseline.
 //
 //   BM_triad/threads                        STREAM triad a = b + 3 c, 12 bytes per element: the bandwidth reference
-//   BM_kd<div, dtype, mode>/V/N             kd::divergence_loss, simd backend, KD_BENCH_THREADS threads (default 2)
+//   BM_kd<div, dtype, mode>/V/N             kd::divergence_loss, simd backend, KD_BENCH_THREADS threads (default 2);
+//                                           div 0 forward_kl, 1 reverse_kl, 2 jsd(0.5), 3 skew_kl(0.1),
+//                                           4 skew_reverse_kl(0.1), 5 tvd
 //   BM_composed<div, mode>/V/N              the same loss written as frameworks compose it: log_softmax of each side,
-//   then
-//                                           elementwise ops and reductions, then a separate backward, one pass and one
+//                                           then elementwise ops and reductions, then a separate backward, one pass and one
 //                                           N x V temporary per op (vectorized with the same exp), blocks of 256 rows
 // Counters: bytes_per_second = compulsory DRAM traffic / time (fused fp32 forward+backward: read student + teacher,
 // write gradient = 12 bytes per element; forward only 8; bf16 with bf16 gradient 6 and 4), pct_triad = that as % of the
@@ -34,8 +35,14 @@ kd::divergence make_div(int which) {
       return kd::divergence::forward_kl();
     case 1:
       return kd::divergence::reverse_kl();
-    default:
+    case 2:
       return kd::divergence::jsd(0.5);
+    case 3:
+      return kd::divergence::skew_kl(0.1);
+    case 4:
+      return kd::divergence::skew_reverse_kl(0.1);
+    default:
+      return kd::divergence::tvd();
   }
 }
 
@@ -217,6 +224,10 @@ BENCHMARK(BM_triad)->Arg(1)->Arg(2)->Iterations(1)->Unit(benchmark::kMillisecond
 KD_BENCH_DIV(0)
 KD_BENCH_DIV(1)
 KD_BENCH_DIV(2)
+// skew_kl(0.1), skew_reverse_kl(0.1), tvd: the other careful-path divergences, float32 forward + backward.
+BENCHMARK_TEMPLATE(BM_kd, 3, float, mode::fwd_bwd)->Apply(shapes);
+BENCHMARK_TEMPLATE(BM_kd, 4, float, mode::fwd_bwd)->Apply(shapes);
+BENCHMARK_TEMPLATE(BM_kd, 5, float, mode::fwd_bwd)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_composed, 0, mode::fwd_bwd)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_composed, 1, mode::fwd_bwd)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_composed, 0, mode::fwd)->Apply(shapes);

@@ -9,7 +9,7 @@ import datetime
 import json
 import re
 
-DIV = {"0": "forward_kl", "1": "reverse_kl", "2": "jsd(0.5)"}
+DIV = {"0": "forward_kl", "1": "reverse_kl", "2": "jsd(0.5)", "3": "skew_kl(0.1)", "4": "skew_reverse_kl(0.1)", "5": "tvd"}
 
 
 def parse_name(name):
@@ -179,13 +179,15 @@ def main():
 
     w("## Acceptance targets (2 threads)")
     w("")
-    for div in ("forward_kl", "reverse_kl"):
+    targets = (("forward_kl", 80), ("reverse_kl", 80), ("jsd(0.5)", 45), ("skew_kl(0.1)", 40),
+               ("skew_reverse_kl(0.1)", 40), ("tvd", 40))
+    for div, target in targets:
         r = next((x for x in kd if x["div"] == div and x["dtype"] == "fp32" and x["mode"] == "fwd+bwd"
                   and x["V"] == 128256 and x["N"] == 4096), None)
         if r:
-            verdict = "meets" if (r["pct"] or 0) >= 60 else "does NOT meet"
+            verdict = "meets" if (r["pct"] or 0) >= target else "does NOT meet"
             w(f"- {div} fp32 forward+backward, N=4096, V=128256: {r['gbs']:.1f} GB/s = {fmt(r['pct'])}% of triad "
-              f"({verdict} the 60% target; aim 80%).")
+              f"({verdict} the {target}% target).")
     if a.torch:
         for div in ("forward_kl", "reverse_kl"):
             best = [(t["ms"] / tk[k]["ms"], k) for k, t in tt.items() if k[0] == div and k in tk and k[2] >= 64]
@@ -201,6 +203,19 @@ def main():
             return (None, None)
         ns = r["cpu_ms"] * 1e6 / r["V"]  # one row runs on the calling thread: its CPU time is the compute time
         return (ns, 12.0 / ns)
+    cached = [(d, incache(d)) for d in DIV.values()]
+    cached = [(d, c) for d, c in cached if c[0] is not None]
+    if cached:
+        w("## In cache: cost per entry of each divergence")
+        w("")
+        w("N = 1, V = 32000, fp32 forward+backward: one row of both inputs and the gradient (384 KiB) stays in L2 and runs "
+          "on the calling thread; its CPU time (so other processes do not inflate it) over V. The compute roof of one core.")
+        w("")
+        w("| divergence | ns per entry | GB/s-equivalent (12 bytes per entry) |")
+        w("|---|---:|---:|")
+        for d, (ns, gbs) in cached:
+            w(f"| {d} | {fmt(ns, 2)} | {fmt(gbs, 1)} |")
+        w("")
     (fn, fg), (rn, rg) = incache("forward_kl"), incache("reverse_kl")
     w(ROOFLINE.format(fkl_ns=fmt(fn, 2), fkl_gbs=fmt(fg, 1), rkl_ns=fmt(rn, 2), rkl_gbs=fmt(rg, 1),
                       fkl_roof=fmt(2 * fg if fg else None, 0), rkl_roof=fmt(2 * rg if rg else None, 0),
@@ -232,7 +247,8 @@ Per vocabulary entry (fp32, one row of V entries, both sides read, student gradi
 | forward KL fwd+bwd | 12 (+4 write-allocate) | 8 read from L2/L3 | 4 | ~16 (fms, sub, max, fma, stores) + 4 x 12 for the exps |
 | reverse KL fwd+bwd | 12 (+4 write-allocate) | 8 read from L2/L3 | 3 | ~17 + 3 x 12 |
 | forward / reverse KL fwd | 8 | 0 | 2 | ~10 + 2 x 12 |
-| JSD(beta) fwd+bwd | 12 (+4) | 16 (passes 2 and 3) | 8 + 2 log1p | ~60 (log-space mixture, masks) |
+| JSD(beta), skew KLs fwd+bwd | 12 (+4) | 8 + 4 written (pass 2), 4 + 4 written (pass 3) | 5 + expm1 + log1p | ~50 (log-space mixture, masks) |
+| TVD fwd+bwd | 12 (+4) | 16 (passes 2 and 3) | 6 + 2 expm1 | ~40 (signs, near-1 differences) |
 | composed baseline | ~60-90 (one N x V temporary per op) | - | 3-4 | many passes |
 
 - Pass A (online max / sum-exp of both rows, L1-sized chunks of 2048 entries) streams both rows from DRAM once; the

@@ -14,7 +14,10 @@
 //    student gradient) or 2 (forward KL) in pass B. Identical rows give D = 0 and equal log-sum-exps, hence exactly 0
 //    loss and gradient.
 //  * careful (every functor; online rows with masked / non-finite entries): pass 1 log-sum-exps (reporting NaN / +inf
-//    like the reference), pass 2 the functor's sums (accumulate / finish), pass 3 its gradients (grad).
+//    like the reference), pass 2 the functor's sums (accumulate / finish), pass 3 its gradients (grad). Functors with a
+//    split gradient (row_math.hpp: JSD, the skew KLs, alpha-beta) in a whole-row call: pass 2 also stores the
+//    gradient's parts in per-thread scratch rows, pass 3 adds c prob with one exponential per entry and side
+//    (split_fix) instead of the functor's terms again.
 #pragma once
 
 #include <cmath>
@@ -61,6 +64,10 @@ template <class F, class = void>
 struct has_online : std::false_type {};
 template <class F>
 struct has_online<F, std::enable_if_t<F::has_online>> : std::true_type {};
+template <class F, class = void>
+struct has_split_grad : std::false_type {};
+template <class F>
+struct has_split_grad<F, std::enable_if_t<F::split_grad>> : std::true_type {};
 
 // The two forms of a log-ratio u_x - u_y (u = z / T - M, per side) and their float32 error bounds: from the u's,
 // about 2^-24 (|u_x| + |u_y|) (exact near the maxima, where u = 0); from the raw logit difference, (z_x - z_y) / T -
@@ -291,17 +298,19 @@ inline log_ratio_constants careful_constants(bool x_is_student, const row_stats<
 // Pass 2 of the careful form: the functor's sums over the entries of io (a whole row, or a shard of one: st holds the
 // ROW's log-sum-exps either way), added to sums[0..n_sums) and mismatch. hot_s / hot_t: the index of the chunk of io
 // that holds the row's student / teacher maximum (-1: none); those chunks accumulate with compensation (kahan_add).
-template <class A, class F, class S, class P, class G>
+// Split (functors with a split gradient): also stores rp.c times the gradient's parts (row_math.hpp) of the student /
+// teacher side into part_s / part_t (float [n] each, nullptr: that side is not wanted), which split_fix completes.
+template <class A, bool Split = false, class F, class S, class P, class G>
 inline void careful_sums(const F& kern, bool x_is_student, const row_io<S, P, G>& io, const row_params& rp,
                          const row_stats<F>& st, std::int64_t hot_s, std::int64_t hot_t, double* sums,
-                         bool& mismatch) noexcept {
+                         bool& mismatch, float* part_s = nullptr, float* part_t = nullptr) noexcept {
   const std::int64_t n = io.n;
   const float inv_t = static_cast<float>(rp.inv_t);
   using b = fbatch<A>;
   const b it(inv_t), ms(static_cast<float>(st.s.max)), mt(static_cast<float>(st.t.max)), ls(static_cast<float>(st.s.log_sum)),
       lt(static_cast<float>(st.t.log_sum));
   const log_ratio_constants kc = careful_constants(x_is_student, st);
-  const b k_hi(kc.hi), k_lo(kc.lo), ku(kc.ku);
+  const b k_hi(kc.hi), k_lo(kc.lo), ku(kc.ku), cb(static_cast<float>(rp.c));
   const float ninff = -std::numeric_limits<float>::infinity();
   alignas(64) float bs[chunk], bt[chunk];
   // Pass 2: the functor's sums. Log-probabilities as (y - M) - log S (see online_stats for why).
@@ -323,7 +332,18 @@ inline void careful_sums(const F& kern, bool x_is_student, const row_io<S, P, G>
       const b& ly = x_is_student ? lp : lq;
       const b d = x_is_student ? careful_log_ratio<A>(zs - zt, it, us, ut, ku, k_hi, k_lo)
                                : careful_log_ratio<A>(zt - zs, it, ut, us, ku, k_hi, k_lo);
-      if (hot) {
+      if constexpr (Split) {
+        b px, py;
+        if (hot) {
+          for (int i = 0; i < k; ++i) acc[i] = b(0.0f);
+          kern.accumulate_split(lx, ly, d, acc, mm, px, py);
+          for (int i = 0; i < k; ++i) kahan_add<A>(sum[i], comp[i], acc[i]);
+        } else {
+          kern.accumulate_split(lx, ly, d, sum, mm, px, py);
+        }
+        if (part_s) store_partial<A>(part_s + j0, j, len, cb * (x_is_student ? px : py));
+        if (part_t) store_partial<A>(part_t + j0, j, len, cb * (x_is_student ? py : px));
+      } else if (hot) {
         for (int i = 0; i < k; ++i) acc[i] = b(0.0f);
         kern.accumulate(lx, ly, d, acc, mm);
         for (int i = 0; i < k; ++i) kahan_add<A>(sum[i], comp[i], acc[i]);
@@ -339,9 +359,10 @@ inline void careful_sums(const F& kern, bool x_is_student, const row_io<S, P, G>
 // -------------------------------------------------------------------------------------------------------------------
 // Careful form of any functor F (x_is_student: whether the functor's x is the student q or the teacher p). Statistics:
 // pass 1 log-sum-exps (reporting NaN / +inf / masked rows like the reference), pass 2 the functor's sums.
-template <class A, class F, class S, class P, class G>
+// Split: pass 2 also stores the gradient's parts into part_s / part_t (careful_sums); split_fix completes them.
+template <class A, bool Split = false, class F, class S, class P, class G>
 inline void careful_stats(F kern, bool x_is_student, const row_io<S, P, G>& io, const row_params& rp,
-                          row_stats<F>& st) noexcept {
+                          row_stats<F>& st, float* part_s = nullptr, float* part_t = nullptr) noexcept {
   const std::int64_t n = io.n;
   const float inv_t = static_cast<float>(rp.inv_t);
   // Pass 1: log-sum-exps, with the reference's error order.
@@ -366,7 +387,8 @@ inline void careful_stats(F kern, bool x_is_student, const row_io<S, P, G>& io, 
   constexpr int k = F::n_sums;
   double sums[k] = {};
   bool mismatch = false;
-  careful_sums<A>(kern, x_is_student, io, rp, st, st_s.max_chunk, st_t.max_chunk, sums, mismatch);
+  careful_sums<A, Split>(kern, x_is_student, io, rp, st, st_s.max_chunk, st_t.max_chunk, sums, mismatch, part_s,
+                         part_t);
   kern.finish(sums, mismatch);
   st.f = kern;
   st.res.loss = kern.loss;
@@ -418,6 +440,49 @@ inline void careful_grad(bool x_is_student, const row_stats<F>& st, const row_io
   }
 }
 
+// g_j = coef q_j (+ add_j where add is not null), q_j = exp((z_j / T - max) - log_sum) in the arithmetic of the passes
+// above (masked entries exactly 0); float arithmetic, rounded once to G.
+template <class A, class S, class G>
+inline void softmax_times(const S* z, std::int64_t n, double inv_t, const row_lse& lse, double coef, const float* add,
+                          G* g) noexcept {
+  using b = fbatch<A>;
+  const b it(static_cast<float>(inv_t)), mb(static_cast<float>(lse.max)), ls(static_cast<float>(lse.log_sum)),
+      cb(static_cast<float>(coef));
+  const float ninff = -std::numeric_limits<float>::infinity();
+  alignas(64) float bz[chunk];
+  grad_sink<A, G> og{g, {}};
+  for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
+    const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
+    const float* cz = load_chunk<A>(z + j0, len, bz);
+    og.dst = g + j0;
+    float* t = og.target();
+    if (add) {
+      const float* a = add + j0;
+      for (std::int64_t j = 0; j < len; j += width<A>) {
+        const b q = exp_nonpos<A>(xsimd::fms(load_padded<A>(cz, j, len, ninff), it, mb) - ls);
+        store_partial<A>(t, j, len, xsimd::fma(cb, q, load_padded<A>(a, j, len, 0.0f)));
+      }
+    } else {
+      for (std::int64_t j = 0; j < len; j += width<A>)
+        store_partial<A>(t, j, len, cb * exp_nonpos<A>(xsimd::fms(load_padded<A>(cz, j, len, ninff), it, mb) - ls));
+    }
+    og.flush(len);
+  }
+}
+
+// Pass 3 of the split form: completes the parts careful_stats<A, true> stored in part_s / part_t,
+// g = part + (rp.c c_side [+ rp.c_q on the student side]) prob (one exponential per entry and side; the functor's
+// terms are not recomputed). Reads only the inputs and the parts, so gradients may overwrite the inputs (in place).
+template <class A, class F, class S, class P, class G>
+inline void split_fix(bool x_is_student, const row_stats<F>& st, const row_io<S, P, G>& io, const row_params& rp,
+                      const float* part_s, const float* part_t) noexcept {
+  double cx = 0.0, cy = 0.0;
+  st.f.grad_coefs(cx, cy);
+  // In place, the gradient overwrites the logits: each chunk is converted (load_chunk) before its gradient is stored.
+  if (io.gs) softmax_times<A>(io.zs, io.n, rp.inv_t, st.s, rp.c * (x_is_student ? cx : cy) + rp.c_q, part_s, io.gs);
+  if (io.gt) softmax_times<A>(io.zt, io.n, rp.inv_t, st.t, rp.c * (x_is_student ? cy : cx), part_t, io.gt);
+}
+
 // The row kernels of instruction set A, as the shared CPU drivers call them (backend/cpu_driver.hpp,
 // backend/pg_driver.hpp, backend/lm_driver.hpp). The same contract as detail::ref::row_kernels:
 //   stats<E>(f, io, rp, sc)      the row's loss and log-sum-exps (writes nothing)
@@ -431,14 +496,21 @@ struct row_kernels {
   // Rows at a temperature whose 1 / T overflows float32 (T below ~2.9e-39) run on the reference row kernels: by the
   // range rule (row_io.hpp) their only valid entries are zeros and -inf, which the float kernels would turn into
   // 0 * inf = NaN. Their double scratch is allocated on first use.
+  // Split gradients (row<E>) keep their parts in two float rows per thread, allocated on first use: they stay in
+  // cache from row to row, and the gradient rows are written once, in pass 3.
   template <class S, class P, class G>
   struct scratch {
     std::int64_t n;
     std::unique_ptr<ref::row_kernels::scratch<S, P, G>> ref;
+    std::unique_ptr<float[]> parts;
     explicit scratch(std::int64_t n_) : n(n_) {}
     ref::row_kernels::scratch<S, P, G>& reference() {
       if (!ref) ref = std::make_unique<ref::row_kernels::scratch<S, P, G>>(n);
       return *ref;
+    }
+    float* part(int side) {  // side 0: student, 1: teacher
+      if (!parts) parts.reset(new float[2 * static_cast<std::size_t>(n)]);
+      return parts.get() + side * n;
     }
   };
   static bool float_inv_t(double inv_t) noexcept {
@@ -534,6 +606,18 @@ struct row_kernels {
   template <class E, class S, class P, class G>
   static row_result row(const typename E::functor& f, const row_io<S, P, G>& io, const row_params& rp,
                         scratch<S, P, G>& sc) noexcept {
+    using F = typename E::functor;
+    // Split gradients (row_math.hpp): pass 2 stores the parts in the scratch rows, pass 3 adds c prob.
+    if constexpr (has_split_grad<F>::value && !has_online<F>::value) {
+      if ((io.gs || io.gt) && float_inv_t(rp.inv_t)) {
+        float* part_s = io.gs ? sc.part(0) : nullptr;
+        float* part_t = io.gt ? sc.part(1) : nullptr;
+        row_stats<F> st;
+        careful_stats<A, true>(f, E::x_is_student, io, rp, st, part_s, part_t);
+        if (st.res.error == row_error::none) split_fix<A>(E::x_is_student, st, io, rp, part_s, part_t);
+        return st.res;
+      }
+    }
     const auto st = stats<E>(f, io, rp, sc);
     if (st.res.error == row_error::none && (io.gs || io.gt)) grad<E>(st, io, rp, sc);
     return st.res;
@@ -561,21 +645,7 @@ struct row_kernels {
   // g_j = c_q q_j, q_j = exp((z_j / T - max) - log_sum) (masked entries exactly 0).
   template <class S, class G>
   static void softmax_grad(const S* z, std::int64_t n, double inv_t, const row_lse& lse, double c_q, G* g) noexcept {
-    using b = fbatch<A>;
-    const b it(static_cast<float>(inv_t)), mb(static_cast<float>(lse.max)), ls(static_cast<float>(lse.log_sum)),
-        cqb(static_cast<float>(c_q));
-    const float ninff = -std::numeric_limits<float>::infinity();
-    alignas(64) float bz[chunk];
-    grad_sink<A, G> og{g, {}};
-    for (std::int64_t j0 = 0; j0 < n; j0 += chunk) {
-      const std::int64_t len = n - j0 < chunk ? n - j0 : chunk;
-      const float* cz = load_chunk<A>(z + j0, len, bz);
-      og.dst = g + j0;
-      float* t = og.target();
-      for (std::int64_t j = 0; j < len; j += width<A>)
-        store_partial<A>(t, j, len, cqb * exp_nonpos<A>(xsimd::fms(load_padded<A>(cz, j, len, ninff), it, mb) - ls));
-      og.flush(len);
-    }
+    softmax_times<A>(z, n, inv_t, lse, c_q, nullptr, g);
   }
 };
 

@@ -67,27 +67,33 @@ struct alpha_beta_row {
       dj = M::select(both, zero, M::select(either, inf, S(0.5) * d * d));
     }
   }
+  // Split gradient (row_math.hpp): parts v, w; coefficients -sum v, -sum w.
+  static constexpr bool split_grad = true;
   template <class V>
-  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, const V& d, V* acc, mask_t<V>&) const noexcept {
-    V v, w, dj;
-    terms(lx, ly, d, v, w, dj);
+  KD_ROW_INLINE void accumulate_split(const V& lx, const V& ly, const V& d, V* acc, mask_t<V>&, V& px,
+                                      V& py) const noexcept {
+    V dj;
+    terms(lx, ly, d, px, py, dj);
     acc[0] += dj;
-    acc[1] += v;
-    acc[2] += w;
+    acc[1] += px;
+    acc[2] += py;
+  }
+  template <class V>
+  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, const V& d, V* acc, mask_t<V>& mm) const noexcept {
+    split_accumulate(*this, lx, ly, d, acc, mm);
   }
   KD_HD void finish(const double* s, bool) noexcept {
     loss = s[0];
     sv = s[1];
     sw = s[2];
   }
+  KD_HD void grad_coefs(double& cx, double& cy) const noexcept {
+    cx = -sv;
+    cy = -sw;
+  }
   template <class V>
   KD_ROW_INLINE void grad(const V& lx, const V& ly, const V& d, V& gx, V& gy) const noexcept {
-    using M = ops<V>;
-    using S = scalar_t<V>;
-    V v, w, dj;
-    terms(lx, ly, d, v, w, dj);
-    gx = M::fnma(M::exp_nonpos(lx), V(static_cast<S>(sv)), v);
-    gy = M::fnma(M::exp_nonpos(ly), V(static_cast<S>(sw)), w);
+    grad_of_split(*this, lx, ly, d, gx, gy);
   }
 };
 

@@ -3,7 +3,9 @@
 // beta = 0 is forward KL and beta = 1 reverse KL exactly (endpoint rules: defined, not a limit). The mixture enters
 // only as lx - lm and ly - lm, formed from the log-ratio d = lx - ly relative to the larger side (row_math.hpp
 // mix_offsets), exactly 0 where log p == log q. Written in (x, y) form with x = p, y = q, b = beta:
-//   dJ/dz_y = (1 - b) y_j (u_j - sum_i y_i u_i), u = ly - lm;   dJ/dz_x = b x_j (w_j - sum_i x_i w_i), w = lx - lm.
+//   dJ/dz_y = (1 - b) y_j (u_j - sum_i y_i u_i), u = ly - lm;   dJ/dz_x = b x_j (w_j - sum_i x_i w_i), w = lx - lm,
+// computed as a split gradient (row_math.hpp): parts (1 - b) y_j u_j and b x_j w_j, coefficients -(1 - b) KL(y || m)
+// and -b KL(x || m).
 #pragma once
 
 #include <cmath>
@@ -26,29 +28,39 @@ struct jsd_row {
     mix_offsets(d, V(static_cast<S>(beta)), V(static_cast<S>(1.0 - beta)), V(static_cast<S>(log_b)),
                 V(static_cast<S>(log_1mb)), wx, wy);
   }
+  // The sums' terms tx = x wx, ty = y wy (0 where the probability is 0) and the gradient's parts px = b tx,
+  // py = (1 - b) ty (split gradient, row_math.hpp).
+  static constexpr bool split_grad = true;
   template <class V>
-  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, const V& d, V* acc, mask_t<V>&) const noexcept {
+  KD_ROW_INLINE void accumulate_split(const V& lx, const V& ly, const V& d, V* acc, mask_t<V>&, V& px,
+                                      V& py) const noexcept {
     using M = ops<V>;
     using S = scalar_t<V>;
     V wx, wy;
     offsets(d, wx, wy);
-    acc[0] += M::select(M::is_ninf(lx), V(S(0)), M::exp_nonpos(lx) * wx);
-    acc[1] += M::select(M::is_ninf(ly), V(S(0)), M::exp_nonpos(ly) * wy);
+    const V tx = M::select(M::is_ninf(lx), V(S(0)), M::exp_nonpos(lx) * wx);
+    const V ty = M::select(M::is_ninf(ly), V(S(0)), M::exp_nonpos(ly) * wy);
+    acc[0] += tx;
+    acc[1] += ty;
+    px = V(static_cast<S>(beta)) * tx;
+    py = V(static_cast<S>(1.0 - beta)) * ty;
+  }
+  template <class V>
+  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, const V& d, V* acc, mask_t<V>& mm) const noexcept {
+    split_accumulate(*this, lx, ly, d, acc, mm);
   }
   KD_HD void finish(const double* s, bool) noexcept {
     kx = s[0];
     ky = s[1];
     loss = beta * kx + (1.0 - beta) * ky;
   }
+  KD_HD void grad_coefs(double& cx, double& cy) const noexcept {
+    cx = -beta * kx;
+    cy = -(1.0 - beta) * ky;
+  }
   template <class V>
   KD_ROW_INLINE void grad(const V& lx, const V& ly, const V& d, V& gx, V& gy) const noexcept {
-    using M = ops<V>;
-    using S = scalar_t<V>;
-    const S b = static_cast<S>(beta);
-    V wx, wy;
-    offsets(d, wx, wy);
-    gy = M::select(M::is_ninf(ly), V(S(0)), V(S(1) - b) * M::exp_nonpos(ly) * (wy - V(static_cast<S>(ky))));
-    gx = M::select(M::is_ninf(lx), V(S(0)), V(b) * M::exp_nonpos(lx) * (wx - V(static_cast<S>(kx))));
+    grad_of_split(*this, lx, ly, d, gx, gy);
   }
 };
 

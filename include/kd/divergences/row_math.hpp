@@ -108,6 +108,35 @@ KD_ROW_INLINE void mix_offsets(const V& d, const V& a, const V& one_minus_a, con
   wy = M::select(x_hi, lo, hi);
 }
 
+// Split gradients. Every softmax gradient is g_j = prob_j (h_j - sum_i prob_i h_i): a part p_j = prob_j h_j made of the
+// same terms as the functor's sums, plus a coefficient c = -sum_i prob_i h_i known only once the sums are finished. A
+// functor that declares split_grad = true provides
+//   accumulate_split(lx, ly, d, acc, mismatch, px, py)   accumulate's sums, and the parts px (x side), py (y side)
+//   grad_coefs(cx, cy)                                  after finish: the coefficients, g_x = px + cx x, g_y = py + cy y
+// and writes accumulate and grad through them (split_accumulate, grad_of_split below), so its math stays written once.
+// Drivers may then store the parts during the sums pass and add c prob in the gradient pass: one exponential per side
+// instead of the functor's terms again (detail/simd_divergence.hpp). Rounding: p and c prob are each rounded to the
+// working precision before the sum, the same order as prob (h - c) with h and c each rounded once.
+template <class F, class V>
+KD_ROW_INLINE void split_accumulate(const F& f, const V& lx, const V& ly, const V& d, V* acc,
+                                    mask_t<V>& mismatch) noexcept {
+  V px, py;
+  f.accumulate_split(lx, ly, d, acc, mismatch, px, py);
+}
+template <class F, class V>
+KD_ROW_INLINE void grad_of_split(const F& f, const V& lx, const V& ly, const V& d, V& gx, V& gy) noexcept {
+  using M = ops<V>;
+  using S = scalar_t<V>;
+  V acc[F::n_sums];
+  for (int i = 0; i < F::n_sums; ++i) acc[i] = V(S(0));
+  mask_t<V> mismatch(false);
+  f.accumulate_split(lx, ly, d, acc, mismatch, gx, gy);  // the sums are discarded: the compiler drops them
+  double cx = 0.0, cy = 0.0;
+  f.grad_coefs(cx, cy);
+  gx = M::fma(V(static_cast<S>(cx)), M::exp_nonpos(lx), gx);
+  gy = M::fma(V(static_cast<S>(cy)), M::exp_nonpos(ly), gy);
+}
+
 // exp(a) - exp(b) given d = a - b, ea = exp(a), eb = exp(b) (a, b <= 0: log-probabilities). Where both probabilities
 // are near 1 (a confident row's top token) ea - eb cancels to the rounding of each, up to 2^-24 absolute in float32;
 // there it is formed as sign(d) e^hi (-expm1(-|d|)), e^hi = max(ea, eb): no cancellation and no overflow, accurate to

@@ -29,30 +29,41 @@ struct skew_row {
                 V(static_cast<S>(log_1ma)), wx, wy);
     return wx;
   }
+  // The sums' terms x r, x h (h = r - a em) and y em (0 where the probability is 0), and the gradient's parts
+  // px = x h, py = -(1 - a) y em (split gradient, row_math.hpp).
+  static constexpr bool split_grad = true;
   template <class V>
-  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, const V& d, V* acc, mask_t<V>&) const noexcept {
+  KD_ROW_INLINE void accumulate_split(const V& lx, const V& ly, const V& d, V* acc, mask_t<V>&, V& px,
+                                      V& py) const noexcept {
     using M = ops<V>;
     using S = scalar_t<V>;
     const V r = offset_x(d), em = M::expm1(r);
     const auto xm = M::is_ninf(lx);
     const V x = M::exp_nonpos(lx);
+    const V xh = M::select(xm, V(S(0)), x * M::fnma(V(static_cast<S>(a)), em, r));
+    const V yem = M::select(M::is_ninf(ly), V(S(0)), M::exp_nonpos(ly) * em);
     acc[0] += M::select(xm, V(S(0)), x * r);
-    acc[1] += M::select(xm, V(S(0)), x * M::fnma(V(static_cast<S>(a)), em, r));
-    acc[2] += M::select(M::is_ninf(ly), V(S(0)), M::exp_nonpos(ly) * em);
+    acc[1] += xh;
+    acc[2] += yem;
+    px = xh;
+    py = V(static_cast<S>(a - 1.0)) * yem;
+  }
+  template <class V>
+  KD_ROW_INLINE void accumulate(const V& lx, const V& ly, const V& d, V* acc, mask_t<V>& mm) const noexcept {
+    split_accumulate(*this, lx, ly, d, acc, mm);
   }
   KD_HD void finish(const double* s, bool) noexcept {
     loss = s[0];
     xh = s[1];
     yd = s[2];
   }
+  KD_HD void grad_coefs(double& cx, double& cy) const noexcept {
+    cx = -xh;
+    cy = (1.0 - a) * yd;
+  }
   template <class V>
   KD_ROW_INLINE void grad(const V& lx, const V& ly, const V& d, V& gx, V& gy) const noexcept {
-    using M = ops<V>;
-    using S = scalar_t<V>;
-    const S af = static_cast<S>(a);
-    const V r = offset_x(d), em = M::expm1(r);
-    gy = M::select(M::is_ninf(ly), V(S(0)), V(S(1) - af) * M::exp_nonpos(ly) * (V(static_cast<S>(yd)) - em));
-    gx = M::select(M::is_ninf(lx), V(S(0)), M::exp_nonpos(lx) * (M::fnma(V(af), em, r) - V(static_cast<S>(xh))));
+    grad_of_split(*this, lx, ly, d, gx, gy);
   }
 };
 
