@@ -4,6 +4,8 @@
 //   BM_kd<div, dtype, mode>/V/N             kd::divergence_loss, simd backend, KD_BENCH_THREADS threads (default 2);
 //                                           div 0 forward_kl, 1 reverse_kl, 2 jsd(0.5), 3 skew_kl(0.1),
 //                                           4 skew_reverse_kl(0.1), 5 tvd
+//   BM_small_call<exec>/N                   reverse KL at V = 32000, N in {1, 8, 64}: exec 0 serial, 1 threads started per
+//                                           call (the executor before the pool), 2 kd::thread_executor (the pool)
 //   BM_composed<div, mode>/V/N              the same loss written as frameworks compose it: log_softmax of each side,
 //                                           then elementwise ops and reductions, then a separate backward, one pass and one
 //                                           N x V temporary per op (vectorized with the same exp), blocks of 256 rows
@@ -15,11 +17,15 @@
 //   --benchmark_filter='BM_triad|BM_(kd|composed)<[^>]*>/128256/(64|4096)$'
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <kd/backend/serial_executor.hpp>
 #include <kd/backend/simd.hpp>
 #include <kd/divergence.hpp>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "bench_common.hpp"
 
@@ -90,6 +96,54 @@ void BM_kd(benchmark::State& state) {
   state.SetLabel(std::string(kd::divergence_name(d.kind)) + " " + kd::dtype_name<T>() +
                  (M == mode::fwd_bwd ? " fwd+bwd " : " fwd ") + xsimd::default_arch::name() +
                  " threads=" + std::to_string(kdb::bench_threads()));
+}
+
+// ---- Small calls: the cost of the executor itself (reverse KL fp32 forward+backward, V = 32000, N = 1, 8, 64). ----
+// The executor kd::thread_executor was before its persistent pool: std::threads started and joined on every call, the
+// same ranges. Kept here only to measure what the pool saves, in the same run.
+struct spawn_executor {
+  int threads = 2;
+  template <class F>
+  void parallel_for(std::int64_t n, F f) const {
+    const std::int64_t t = std::min<std::int64_t>(threads, n);
+    if (t <= 1) {
+      if (n > 0) f(std::int64_t{0}, n);
+      return;
+    }
+    std::vector<std::thread> pool;
+    for (std::int64_t i = 1; i < t; ++i) pool.emplace_back([&f, i, n, t] { f(n * i / t, n * (i + 1) / t); });
+    f(std::int64_t{0}, n / t);
+    for (auto& th : pool) th.join();
+  }
+};
+
+// Exec: 0 serial (the calling thread), 1 spawn_executor{2}, 2 kd::thread_executor{2} (the pool).
+template <int Exec>
+void BM_small_call(benchmark::State& state) {
+  const std::int64_t v = 32000, n = state.range(0);
+  auto& b = kdb::get_buffers<float>(n, v);
+  kd::distill_outputs<float> out;
+  out.grad_student = kd::mut_rows<float>(b.g.get(), n, v);
+  auto run = [&](const auto& be) {
+    for (auto _ : state) {
+      kd::loss_result r;
+      auto st = kd::divergence_loss(kd::divergence::reverse_kl(), kd::student_logits(b.s.get(), n, v),
+                                    kd::teacher_logits(b.t.get(), n, v), {}, r, out, be);
+      if (!st) {
+        state.SkipWithError(st.to_string().c_str());
+        break;
+      }
+      benchmark::DoNotOptimize(r.loss);
+      benchmark::ClobberMemory();
+    }
+  };
+  if constexpr (Exec == 0) run(kd::simd_backend<xsimd::default_arch, kd::serial_executor>{});
+  if constexpr (Exec == 1) run(kd::simd_backend<xsimd::default_arch, spawn_executor>{spawn_executor{2}});
+  if constexpr (Exec == 2) run(kd::simd_backend<xsimd::default_arch, kd::thread_executor>{kd::thread_executor{2}});
+  const double elems = static_cast<double>(n) * static_cast<double>(v);
+  set_counters(state, elems * sizeof(float) * 3.0, elems);
+  state.SetLabel(std::string("reverse_kl fp32 fwd+bwd ") +
+                 (Exec == 0 ? "serial" : Exec == 1 ? "spawned threads=2" : "pool threads=2"));
 }
 
 // ---- Composed baseline: one pass (and one temporary) per framework op, all vectorized with the same exp. ----
@@ -212,6 +266,10 @@ void shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"V", "N"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
+void small_shapes(benchmark::internal::Benchmark* b) {
+  b->Arg(1)->Arg(8)->Arg(64)->ArgName("N")->Unit(benchmark::kMicrosecond)->UseRealTime();
+}
+
 }  // namespace
 
 BENCHMARK(BM_triad)->Arg(1)->Arg(2)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -228,6 +286,9 @@ KD_BENCH_DIV(2)
 BENCHMARK_TEMPLATE(BM_kd, 3, float, mode::fwd_bwd)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_kd, 4, float, mode::fwd_bwd)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_kd, 5, float, mode::fwd_bwd)->Apply(shapes);
+BENCHMARK_TEMPLATE(BM_small_call, 0)->Apply(small_shapes);
+BENCHMARK_TEMPLATE(BM_small_call, 1)->Apply(small_shapes);
+BENCHMARK_TEMPLATE(BM_small_call, 2)->Apply(small_shapes);
 BENCHMARK_TEMPLATE(BM_composed, 0, mode::fwd_bwd)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_composed, 1, mode::fwd_bwd)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_composed, 0, mode::fwd)->Apply(shapes);

@@ -32,6 +32,10 @@ def parse_name(name):
         d["mode"] = "fwd+bwd" if "fwd_bwd" in args[1] else "fwd"
     if kind == "BM_torch":
         d["dtype"], d["mode"] = "fp32", "fwd+bwd"
+    if kind == "BM_small_call":
+        d["exec"] = {"0": "serial", "1": "threads started per call (2)", "2": "persistent pool (2)"}.get(args[0], args[0])
+        nm = re.search(r"/N:(\d+)", name)
+        d["N"], d["V"] = (int(nm.group(1)) if nm else None), 32000
     return d
 
 
@@ -139,6 +143,26 @@ def main():
         w(f"| {r['div']} | {r['dtype']} | {r['mode']} | {r['V']} | {r['N']} | {fmt(r['ms'], 2)} | {fmt(r['gbs'], 2)} | "
           f"{fmt(r['pct'])} | {fmt(r['melems'], 0)} |")
     w("")
+
+    small = [r for r in rows if r["kind"] == "BM_small_call"]
+    if small:
+        w("## Small calls: latency per call")
+        w("")
+        w("Reverse KL fp32 forward+backward at V = 32000 (the executor's own cost shows at small N): on the calling thread, "
+          "with two threads started and joined per call (kd::thread_executor before its pool), and with kd::thread_executor "
+          "(two threads, the persistent pool). Calls under 2^16 elements (N = 1) run on the calling thread in every case.")
+        w("")
+        order = ["serial", "threads started per call (2)", "persistent pool (2)"]
+        execs = sorted({r["exec"] for r in small}, key=lambda e: order.index(e) if e in order else len(order))
+        w("| N | " + " | ".join(execs) + " |")
+        w("|---:|" + "---:|" * len(execs))
+        for n in sorted({r["N"] for r in small}):
+            cells = []
+            for e in execs:
+                r = next((x for x in small if x["N"] == n and x["exec"] == e), None)
+                cells.append(f"{r['ms'] * 1e3:.1f} us" if r else "-")
+            w(f"| {n} | " + " | ".join(cells) + " |")
+        w("")
 
     comp = {(r["div"], r["mode"], r["V"], r["N"]): r for r in rows if r["kind"] == "BM_composed"}
     if comp:

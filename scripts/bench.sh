@@ -32,7 +32,7 @@ cmake --build "$BUILD" -j "${KD_JOBS:-2}" --target bench_divergence $( [ -n "$(g
 RES="$BUILD/bench-results"
 mkdir -p "$RES"
 if [ "$MODE" = quick ]; then
-  DIV_FILTER='BM_triad|BM_kd<(0|1|2|3|4|5), float, mode::fwd_bwd>/V:32000/N:1/|BM_kd<(0|1|2), float, mode::fwd_bwd>/V:128256/N:(64|4096)/|BM_kd<(3|4|5), float, mode::fwd_bwd>/V:128256/N:4096/|BM_kd<(0|1), float, mode::fwd>/V:128256/N:4096/|BM_kd<(0|1), kd::bfloat16, mode::fwd_bwd>/V:128256/N:4096/|BM_composed<(0|1), mode::fwd_bwd>/V:128256/N:(64|4096)/'
+  DIV_FILTER='BM_triad|BM_kd<(0|1|2|3|4|5), float, mode::fwd_bwd>/V:32000/N:1/|BM_kd<(0|1|2), float, mode::fwd_bwd>/V:128256/N:(64|4096)/|BM_kd<(3|4|5), float, mode::fwd_bwd>/V:128256/N:4096/|BM_kd<(0|1), float, mode::fwd>/V:128256/N:4096/|BM_kd<(0|1), kd::bfloat16, mode::fwd_bwd>/V:128256/N:4096/|BM_composed<(0|1), mode::fwd_bwd>/V:128256/N:(64|4096)/|BM_small_call'
   TORCH_FILTER='/V:128256/N:(64|256|1024)/'
 else
   DIV_FILTER='.'

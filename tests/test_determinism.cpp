@@ -1,7 +1,7 @@
 // Determinism: losses, per-row values and gradients are bitwise identical across repeated runs and across thread counts,
 // for every backend (reference, simd_backend<> with 1 / 2 / 3 / 7 threads, the default backend) and every input dtype
 // (float, double, bfloat16, half), every divergence; and for the fused MiniLLM policy-gradient call (kd::policy_gradient).
-// The inputs are big enough (rows * V >= 2^18 elements) that the SIMD backend really splits rows over threads.
+// The inputs are big enough (rows * V >= 2^16 elements) that the SIMD backend really splits rows over threads.
 #include <catch2/catch.hpp>
 
 #include <cstring>
@@ -15,7 +15,7 @@ using kd::divergence;
 namespace {
 
 constexpr std::int64_t kRows = 67;   // odd, so 2 / 3 / 7 threads get uneven row ranges
-constexpr std::int64_t kCols = 4099;  // 67 * 4099 = 274633 >= 2^18: the SIMD backend uses its executor
+constexpr std::int64_t kCols = 4099;  // 67 * 4099 = 274633 >= 2^16: the SIMD backend uses its executor
 
 struct snapshot {
   kd::status st;
@@ -142,7 +142,7 @@ bool same_bits(const pg_snapshot& a, const pg_snapshot& b) {
 
 template <class Backend>
 pg_snapshot run_pg(const kd::pg_options& o, const Backend& backend) {
-  constexpr std::int64_t B = 5, L = 13, V = 4111;  // 65 rows * 4111 >= 2^18
+  constexpr std::int64_t B = 5, L = 13, V = 4111;  // 65 rows * 4111 >= 2^16
   static const auto zs = kdt::random_logits<float>(B * L, V, 21, 2.0);
   static const auto zt = kdt::random_logits<float>(B * L, V, 22, 2.0);
   static std::vector<std::int64_t> tokens, labels;

@@ -691,7 +691,7 @@ TEST_CASE("counter RNG: stateless, reproducible, uniform", "[pg][rng]") {
 }
 
 TEST_CASE("pg: results are bitwise identical for 1 and 2 threads", "[pg][determinism]") {
-  batch bt(4, 16, 4096, 202);  // 4 * 16 * 4096 = 2^18 elements: large enough for the threaded path
+  batch bt(4, 16, 4096, 202);  // 4 * 16 * 4096 = 2^18 elements (threaded path from 2^16)
   const kd::pg_options o = kd::pg_options::reference_code();
   const auto one = run<float>(bt, o, true, kd::simd_backend<>{kd::thread_executor{1}});
   const auto two = run<float>(bt, o, true, kd::simd_backend<>{kd::thread_executor{2}});

@@ -54,7 +54,7 @@ snapshot run(const kd::divergence& d, const std::vector<float>& zs, const std::v
 }  // namespace
 
 TEST_CASE("simd backend: bitwise identical for any thread count and executor", "[simd][threads][determinism]") {
-  // 67 rows x 4099 columns: above the threading threshold (2^18 elements), rows not divisible by the thread counts.
+  // 67 rows x 4099 columns: above the threading threshold (2^16 elements), rows not divisible by the thread counts.
   const std::int64_t rows = 67, cols = 4099;
   auto zs = kdt::random_logits<float>(rows, cols, 21, 3.0, 0.01);
   auto zt = kdt::random_logits<float>(rows, cols, 22, 3.0, 0.0);

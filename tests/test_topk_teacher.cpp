@@ -447,7 +447,7 @@ TEST_CASE("topk teacher: masks, ignored rows with padding ids, in place, threads
     CHECK(lr.loss == a.loss);
     for (std::size_t j = 0; j < buf.size(); ++j) CHECK(double(buf[j]) == Approx(a.g[j]).epsilon(std::ldexp(1.0, -22)));
   }
-  // Bitwise identical for any thread count (enough elements for the executor: 2^18).
+  // Bitwise identical for any thread count (enough elements for the executor: 2^16).
   {
     const std::int64_t R = 64, W = 5000, kk = 16;
     const auto z = kdt::random_logits<float>(R, W, 171, 3.0);

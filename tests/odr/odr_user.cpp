@@ -15,7 +15,7 @@
 
 namespace {
 
-// logits is (rows, vocab); enough work (rows * vocab >= 2^18) for the threaded path of both backends.
+// logits is (rows, vocab); enough work (rows * vocab >= 2^16) for the threaded path of both backends.
 constexpr std::int64_t rows = 64, vocab = 8192;
 
 template <class Backend>

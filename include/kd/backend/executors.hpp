@@ -7,14 +7,16 @@
 #include <algorithm>
 #include <cstdint>
 #include <thread>
-#include <vector>
 
 #include "../version.hpp"
 #include "serial_executor.hpp"
+#include "thread_pool.hpp"
 
 KD_BEGIN_NAMESPACE
 
-// Runs ranges on `threads` std::threads (0: std::thread::hardware_concurrency()); contiguous, equal row ranges.
+// Runs ranges on `threads` threads (0: std::thread::hardware_concurrency()); contiguous, equal row ranges: range i of t
+// is [n i / t, n (i + 1) / t), range 0 on the calling thread. The other threads are the process's persistent pool
+// (thread_pool.hpp): a call wakes parked workers instead of starting threads.
 struct thread_executor {
   int threads = 0;
 
@@ -31,11 +33,7 @@ struct thread_executor {
       if (n > 0) f(std::int64_t{0}, n);
       return;
     }
-    std::vector<std::thread> pool;
-    pool.reserve(static_cast<std::size_t>(t - 1));
-    for (std::int64_t i = 1; i < t; ++i) pool.emplace_back([&f, i, n, t] { f(n * i / t, n * (i + 1) / t); });
-    f(std::int64_t{0}, n / t);
-    for (auto& th : pool) th.join();
+    detail::thread_pool::shared().run(t, [&f, n, t](std::int64_t i) { f(n * i / t, n * (i + 1) / t); });
   }
 };
 

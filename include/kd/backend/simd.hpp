@@ -19,7 +19,7 @@
 // gradient rows and a NaN / +inf loss). Memory: per call, four arrays of `rows` entries; no temporary proportional to V.
 // The policy gradient and the LM loss run the same row kernels (backend/pg_driver.hpp, lm_driver.hpp); the softmax family
 // and top-k run in the reference kernels (KD_REFERENCE_SOFTMAX_TOPK_MEMBERS: double, calling thread).
-// Small problems (fewer than 2 rows or under 2^18 elements in all) run on the calling thread without the executor.
+// Small problems (fewer than 2 rows or under 2^16 elements in all) run on the calling thread without the executor.
 #pragma once
 
 #include <type_traits>
