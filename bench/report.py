@@ -212,13 +212,8 @@ def main():
             verdict = "meets" if (r["pct"] or 0) >= target else "does NOT meet"
             w(f"- {div} fp32 forward+backward, N=4096, V=128256: {r['gbs']:.1f} GB/s = {fmt(r['pct'])}% of triad "
               f"({verdict} the {target}% target).")
-    if a.torch:
-        for div in ("forward_kl", "reverse_kl"):
-            best = [(t["ms"] / tk[k]["ms"], k) for k, t in tt.items() if k[0] == div and k in tk and k[2] >= 64]
-            if best:
-                s, k = max(best, key=lambda x: x[1][2])
-                verdict = "meets" if s >= 50 else "does NOT meet"
-                w(f"- {div} vs libtorch at V={k[1]}, N={k[2]} (largest N measured): {s:.0f}x ({verdict} the 50x target).")
+    # The earlier 50x-over-libtorch target is retired (issue 14: it would exceed the memory bandwidth); the table above
+    # keeps the comparison.
     w("")
     def incache(div):
         r = next((x for x in kd if x["div"] == div and x["dtype"] == "fp32" and x["mode"] == "fwd+bwd"
