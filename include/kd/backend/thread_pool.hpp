@@ -9,11 +9,19 @@
 //                                          (with exceptions enabled)
 //
 // Any number of threads may call run concurrently, and f may itself call run (nested parallel_for): a caller waiting
-// for its tasks runs queued tasks (its own or another call's) instead of blocking, so a waiting caller never holds up
-// the tasks it waits for and nesting cannot deadlock. After fork() the child gets a fresh pool (the parent's workers
-// do not exist there; a pool inherited mid-call would wait forever): shared() compares the process id.
+// for its tasks runs those of them still queued instead of blocking (never another call's, so one caller's latency
+// does not depend on the others' work, and a task cannot end up inside an unrelated one's locks); a task is thus either
+// queued, and its own caller will run it, or running, so nesting cannot deadlock. If a worker cannot be started
+// (thread limits), run goes on with the workers it has (the caller then runs the rest itself). After fork() the child
+// gets a fresh pool (the parent's workers do not exist there): shared() compares the process id; a fork from inside a
+// task, or while another thread is inside shared(), is not supported.
+//
+// The class lives in an inline namespace named after the exception mode (tasks' exceptions are caught and rethrown only
+// when exceptions are enabled), so units built with and without -fno-exceptions do not share an inline member with two
+// different bodies (one definition rule); they then use separate pools.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -29,12 +37,15 @@
 // Trainers built with -fno-exceptions (docs/errors.md): tasks then cannot throw, and run() has nothing to rethrow.
 #if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
 #define KD_POOL_EXCEPTIONS_ 1
+#define KD_POOL_NAMESPACE_ pool_exceptions
 #else
 #define KD_POOL_EXCEPTIONS_ 0
+#define KD_POOL_NAMESPACE_ pool_no_exceptions
 #endif
 
 KD_BEGIN_NAMESPACE
 namespace detail {
+inline namespace KD_POOL_NAMESPACE_ {
 
 class thread_pool {
  public:
@@ -61,7 +72,7 @@ class thread_pool {
     c.pending = t - 1;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      while (static_cast<std::int64_t>(workers_.size()) < t - 1) workers_.emplace_back([this] { work(); });
+      grow(t - 1);
       for (std::int64_t i = 1; i < t; ++i) queue_.push_back(task{&c, [&f, i] { f(i); }});
     }
     cv_.notify_all();
@@ -69,12 +80,13 @@ class thread_pool {
       std::lock_guard<std::mutex> lock(mu_);
       if (!c.error) c.error = e;
     }
-    // Help until this call's tasks are done: run queued tasks, else wait for a worker to finish one of ours.
+    // Until this call's tasks are done: run those still queued, else wait for a worker to finish one.
     std::unique_lock<std::mutex> lock(mu_);
     while (c.pending > 0) {
-      if (!queue_.empty()) {
-        task k = std::move(queue_.front());
-        queue_.pop_front();
+      const auto it = std::find_if(queue_.begin(), queue_.end(), [&c](const task& k) { return k.owner == &c; });
+      if (it != queue_.end()) {
+        task k = std::move(*it);
+        queue_.erase(it);
         lock.unlock();
         execute(k);
         lock.lock();
@@ -103,6 +115,14 @@ class thread_pool {
   };
 
   thread_pool() = default;
+
+  // Starts workers up to n (under mu_). A thread that cannot be started (EAGAIN: process or cgroup thread limits)
+  // leaves the pool smaller; with -fno-exceptions std::thread aborts there instead.
+  void grow(std::int64_t n) {
+    while (static_cast<std::int64_t>(workers_.size()) < n) {
+      if (invoke([this] { workers_.emplace_back([this] { work(); }); })) return;
+    }
+  }
 
   // Calls fn; the exception it threw, if any (built with -fno-exceptions: nothing can throw, none).
   template <class Fn>
@@ -149,5 +169,9 @@ class thread_pool {
   std::vector<std::thread> workers_;
 };
 
+}  // namespace KD_POOL_NAMESPACE_
 }  // namespace detail
 KD_END_NAMESPACE
+
+#undef KD_POOL_EXCEPTIONS_
+#undef KD_POOL_NAMESPACE_
